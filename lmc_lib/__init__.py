@@ -1,0 +1,27 @@
+"""lmc_lib: linear mode connectivity under the symmetries of neural networks.
+
+    import lmc_lib as lmc
+    spec = lmc.spec_for(model)
+    al = lmc.weight_matching(a, b)
+    curve = lmc.barrier(a, al.apply(b), test_data)
+"""
+
+from . import models
+from .barrier import BarrierCurve, barrier, cross_entropy, interpolate
+from .family import Family, canonicalize, family_of, register_family, spec_for
+from .matching import Alignment, activation_matching, solve_assignment, weight_matching
+from .models import MLP, MLPConfig
+from .spec import Axis, Space, SymmetrySpec
+from .symmetry import Invertible, Orthogonal, Permutation, SemiPermutation, Transform
+from .transform import random_transform, transform, transform_state
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Permutation", "SemiPermutation", "Orthogonal", "Invertible", "Transform",
+    "Axis", "Space", "SymmetrySpec", "spec_for", "canonicalize", "Family", "family_of", "register_family",
+    "transform", "transform_state", "random_transform",
+    "Alignment", "weight_matching", "activation_matching", "solve_assignment",
+    "BarrierCurve", "barrier", "interpolate", "cross_entropy",
+    "MLP", "MLPConfig", "models",
+]

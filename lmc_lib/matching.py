@@ -1,0 +1,236 @@
+"""Find the transforms that align model B to model A, written once against the SymmetrySpec.
+
+- :func:`weight_matching` (data-free, Git Re-Basin): coordinate descent over spaces; for each
+  space, C = sum over the tensors touching it of W_A (W_B with the other spaces' transforms
+  applied)^T, then the permutation maximising <P, C> (linear assignment) or the orthogonal map
+  maximising <O, C> (Procrustes, U V^T).
+- :func:`activation_matching`: streaming first and second moments of each space's activations in
+  both models on data, then assignment on correlations (permutation), Procrustes on the
+  cross-covariance (orthogonal) or least squares (invertible).
+
+Both return an :class:`Alignment`; ``alignment.apply(b)`` is the aligned copy of B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .barrier import check_same_architecture
+from .family import spec_for
+from .spec import Space, SymmetrySpec, flatten_axis
+from .symmetry import Invertible, Orthogonal, Permutation, Transform, identity
+from .transform import apply_along, transform
+
+__all__ = ["Alignment", "weight_matching", "activation_matching", "solve_assignment"]
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Transforms (space name -> element) that map B into A's coordinates; ``history`` logs the objective."""
+
+    transforms: Mapping[str, Transform]
+    spec: SymmetrySpec = field(repr=False)
+    history: tuple[float, ...] = ()
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """The aligned copy of ``model`` (a new model; the input is untouched)."""
+        return transform(model, self.transforms, spec=self.spec)
+
+
+def solve_assignment(score: Tensor) -> Permutation:
+    """The permutation P maximising <P, score> = sum_i score[i, indices[i]] (Hungarian, scipy)."""
+    score = score.detach().double().cpu().numpy()
+    if not np.isfinite(score).all():
+        raise ValueError("assignment: the score matrix has NaN or infinite entries")
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    return Permutation(torch.as_tensor(cols[np.argsort(rows)]))
+
+
+def _solve(kind: str, score: Tensor) -> Transform:
+    """The element of ``kind`` maximising <T, score>."""
+    return solve_assignment(score) if kind == "permutation" else Orthogonal.nearest(score)
+
+
+def _matched_kind(space: Space, classes: tuple[str, ...], supported: tuple[str, ...]) -> str | None:
+    kind = space.most_general(c for c in classes if c in supported)
+    if kind is None and "semi_permutation" in classes and "permutation" in space.classes:
+        kind = "permutation"  # at equal widths a semi-permutation alignment is a permutation
+    return kind
+
+
+def _check_pair(a: nn.Module, b: nn.Module) -> SymmetrySpec:
+    check_same_architecture(a, b)
+    spec = spec_for(a)
+    for name, tensor in {**a.state_dict(), **b.state_dict()}.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"matching: tensor {name!r} has NaN or infinite entries")
+    return spec
+
+
+def _others_applied(state: Mapping[str, Tensor], param: str, spec: SymmetrySpec, transforms: Mapping[str, Transform], skip: str) -> Tensor:
+    """``state[param]`` with every space's current transform applied except ``skip``'s."""
+    tensor = state[param]
+    for name, axis, role in spec.axes_of(param):
+        t = transforms.get(name)
+        if name == skip or t is None:
+            continue
+        matrix = t if isinstance(t, Permutation) else (t.matrix if role == "write" else t.read_matrix.T)
+        tensor = apply_along(tensor, axis, matrix)
+    return tensor
+
+
+def _weight_score(space: Space, state_a, state_b, spec, transforms) -> Tensor:
+    """C = sum_axes A_axis B_axis^T (size x size) with B's other spaces already aligned."""
+    score = torch.zeros(space.size, space.size, dtype=torch.float64)
+    for axis in space.axes:
+        b = _others_applied(state_b, axis.param, spec, transforms, skip=space.name)
+        score += flatten_axis(state_a[axis.param], axis) @ flatten_axis(b, axis).T
+    return score
+
+
+def weight_matching(
+    a: nn.Module,
+    b: nn.Module,
+    *,
+    classes: Iterable[str] = ("permutation",),
+    max_iter: int = 100,
+    seed: int = 0,
+    progress: bool = False,
+) -> Alignment:
+    """Align B to A from the weights alone: maximise sum_spaces <T, C_space> by coordinate descent.
+
+    Each sweep visits the spaces in a seeded random order and re-solves each one given the others
+    (assignment for permutations, Procrustes for orthogonal maps); it stops after a sweep in which
+    no space improved. ``history`` holds the objective after each sweep.
+    """
+    spec = _check_pair(a, b)
+    classes = tuple(classes)
+    state_a = {k: v.detach().double().cpu() for k, v in a.state_dict().items()}
+    state_b = {k: v.detach().double().cpu() for k, v in b.state_dict().items()}
+    kinds = {n: k for n, s in spec.spaces.items() if (k := _matched_kind(s, classes, ("permutation", "orthogonal")))}
+    transforms: dict[str, Transform] = {n: identity(k, spec.spaces[n].size) for n, k in kinds.items()}
+    rng = np.random.default_rng(seed)
+    names = list(kinds)
+    history: list[float] = []
+    for _ in tqdm(range(max_iter), disable=not progress, desc="weight matching"):
+        improved = False
+        objective = 0.0
+        for i in rng.permutation(len(names)):
+            name = names[i]
+            score = _weight_score(spec.spaces[name], state_a, state_b, spec, transforms)
+            old = float((transforms[name].matrix * score).sum())
+            candidate = _solve(kinds[name], score)
+            new = float((candidate.matrix * score).sum())
+            if new > old + 1e-9 * max(1.0, abs(old)):
+                transforms[name], improved = candidate, True
+            objective += max(new, old)
+        history.append(objective)
+        if not improved:
+            break
+    return Alignment(transforms, spec, tuple(history))
+
+
+class _Moments:
+    """Streaming sums for one space: counts, means, variances and the A-B cross moment."""
+
+    def __init__(self, n: int, need_bb: bool) -> None:
+        self.count = 0
+        self.sum_a = torch.zeros(n, dtype=torch.float64)
+        self.sum_b = torch.zeros(n, dtype=torch.float64)
+        self.sq_a = torch.zeros(n, dtype=torch.float64)
+        self.sq_b = torch.zeros(n, dtype=torch.float64)
+        self.ab = torch.zeros(n, n, dtype=torch.float64)
+        self.bb = torch.zeros(n, n, dtype=torch.float64) if need_bb else None
+
+    def update(self, x_a: Tensor, x_b: Tensor) -> None:
+        x_a = x_a.detach().reshape(-1, x_a.shape[-1]).double().cpu()
+        x_b = x_b.detach().reshape(-1, x_b.shape[-1]).double().cpu()
+        self.count += x_a.shape[0]
+        self.sum_a += x_a.sum(0)
+        self.sum_b += x_b.sum(0)
+        self.sq_a += (x_a * x_a).sum(0)
+        self.sq_b += (x_b * x_b).sum(0)
+        self.ab += x_a.T @ x_b
+        if self.bb is not None:
+            self.bb += x_b.T @ x_b
+
+    def cross_covariance(self) -> Tensor:
+        mean_a, mean_b = self.sum_a / self.count, self.sum_b / self.count
+        return self.ab / self.count - torch.outer(mean_a, mean_b)
+
+    def correlation(self) -> Tensor:
+        var_a = (self.sq_a / self.count - (self.sum_a / self.count) ** 2).clamp_min(0)
+        var_b = (self.sq_b / self.count - (self.sum_b / self.count) ** 2).clamp_min(0)
+        return self.cross_covariance() / (torch.outer(var_a.sqrt(), var_b.sqrt()) + 1e-12)
+
+    def regression(self, ridge: float = 1e-6) -> Tensor:
+        """T minimising E||x_a - T x_b||^2 over centred activations: Cov_ab Cov_bb^-1."""
+        mean_b = self.sum_b / self.count
+        cov_bb = self.bb / self.count - torch.outer(mean_b, mean_b)
+        cov_bb += ridge * cov_bb.diagonal().mean().clamp_min(1e-12) * torch.eye(cov_bb.shape[0], dtype=torch.float64)
+        return torch.linalg.solve(cov_bb, self.cross_covariance().T).T
+
+
+def activation_matching(
+    a: nn.Module,
+    b: nn.Module,
+    data: Iterable[tuple[Tensor, Tensor]],
+    *,
+    classes: Iterable[str] = ("permutation",),
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> Alignment:
+    """Align B to A by matching each space's activations on ``data`` (one pass, streaming moments).
+
+    Permutation: assignment maximising the summed correlation of matched units; orthogonal:
+    Procrustes on the cross-covariance; invertible: least squares x_a ~ T x_b.
+    """
+    spec = _check_pair(a, b)
+    classes = tuple(classes)
+    kinds = {
+        n: k
+        for n, s in spec.spaces.items()
+        if s.probe is not None and (k := _matched_kind(s, classes, ("permutation", "orthogonal", "invertible")))
+    }
+    moments = {n: _Moments(spec.spaces[n].size, kinds[n] == "invertible") for n in kinds}
+    captured: dict[tuple[str, str], Tensor] = {}
+    handles = []
+    for tag, model in (("a", a), ("b", b)):
+        for name in kinds:
+            module = model.get_submodule(spec.spaces[name].probe)
+            hook = lambda _m, _i, out, key=(tag, name): captured.__setitem__(key, out)  # noqa: E731
+            handles.append(module.register_forward_hook(hook))
+    training = a.training, b.training
+    a.eval(), b.eval()
+    device = next(a.parameters()).device
+    try:
+        with torch.no_grad():
+            for index, (x, _) in enumerate(tqdm(data, disable=not progress, desc="activation statistics")):
+                if max_batches is not None and index >= max_batches:
+                    break
+                a(x.to(device)), b(x.to(device))
+                for name, stats in moments.items():
+                    stats.update(captured[("a", name)], captured[("b", name)])
+    finally:
+        for handle in handles:
+            handle.remove()
+        a.train(training[0]), b.train(training[1])
+    if any(stats.count == 0 for stats in moments.values()):
+        raise ValueError("activation_matching: data yielded no batches")
+    transforms: dict[str, Transform] = {}
+    for name, kind in kinds.items():
+        stats = moments[name]
+        if kind == "permutation":
+            transforms[name] = solve_assignment(stats.correlation())
+        elif kind == "orthogonal":
+            transforms[name] = Orthogonal.nearest(stats.cross_covariance())
+        else:
+            transforms[name] = Invertible(stats.regression())
+    return Alignment(transforms, spec)

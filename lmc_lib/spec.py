@@ -1,0 +1,137 @@
+"""SymmetrySpec: which parameter axes share a transform (after git-re-basin's permutation spec).
+
+A model family describes itself once as data: named *spaces*, each with its size, the symmetry
+classes it admits, the parameter axes that write it and those that read it. Every algorithm
+(transform, random_transform, the matchers) reads only this description.
+
+An :class:`Axis` names a slice of one dimension of one ``state_dict`` tensor:
+``tensor.narrow(dim, start, length)`` reshaped to ``(size, block)`` along ``dim``. ``block > 1``
+lets one coordinate of a space own several consecutive entries (an attention head owns
+``head_dim`` rows of the query weight); ``start``/``length`` select one part of a fused tensor
+(the query rows of a fused qkv weight).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import torch
+from torch import Tensor
+
+from .symmetry import CLASS_ORDER
+
+__all__ = ["Axis", "Space", "SymmetrySpec", "flatten_axis"]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A slice of dimension ``dim`` of the tensor ``param``: entries [start, start + length)."""
+
+    param: str
+    dim: int
+    start: int = 0
+    length: int | None = None
+    block: int = 1
+
+    def extent(self, shape: torch.Size) -> int:
+        """Number of entries of the slice along ``dim`` for a tensor of this shape."""
+        return shape[self.dim] - self.start if self.length is None else self.length
+
+    def covers_whole_dim(self, shape: torch.Size) -> bool:
+        return self.start == 0 and self.extent(shape) == shape[self.dim]
+
+
+@dataclass(frozen=True)
+class Space:
+    """A set of ``size`` coordinates written by ``writes`` and read by ``reads``.
+
+    ``probe`` names the module whose output carries this space in its last dimension (used by
+    activation matching); ``None`` when no single module output does.
+    """
+
+    name: str
+    size: int
+    classes: tuple[str, ...]
+    writes: tuple[Axis, ...]
+    reads: tuple[Axis, ...]
+    probe: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.classes if c not in CLASS_ORDER]
+        if unknown:
+            raise ValueError(f"space {self.name!r}: unknown symmetry classes {unknown}; expected {CLASS_ORDER}")
+
+    @property
+    def axes(self) -> tuple[Axis, ...]:
+        return self.writes + self.reads
+
+    def most_general(self, allowed: Iterable[str]) -> str | None:
+        """The most general class that this space admits and ``allowed`` contains, or None."""
+        allowed = set(allowed)
+        chosen = [c for c in CLASS_ORDER if c in allowed and c in self.classes]
+        return chosen[-1] if chosen else None
+
+
+@dataclass(frozen=True)
+class SymmetrySpec:
+    """The spaces of a model family, keyed by name, plus the floating tensors no space touches."""
+
+    family: str
+    spaces: Mapping[str, Space]
+    invariant: tuple[str, ...] = ()
+    _by_param: Mapping[str, tuple[tuple[str, Axis, str], ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        spaces = dict(self.spaces) if not isinstance(self.spaces, Mapping) else dict(self.spaces.items())
+        for key, space in spaces.items():
+            if key != space.name:
+                raise ValueError(f"spec key {key!r} differs from its space's name {space.name!r}")
+        object.__setattr__(self, "spaces", MappingProxyType(spaces))
+        by_param: dict[str, list[tuple[str, Axis, str]]] = {}
+        for space in spaces.values():
+            for role, axes in (("write", space.writes), ("read", space.reads)):
+                for axis in axes:
+                    by_param.setdefault(axis.param, []).append((space.name, axis, role))
+        object.__setattr__(self, "_by_param", MappingProxyType({k: tuple(v) for k, v in by_param.items()}))
+
+    def axes_of(self, param: str) -> tuple[tuple[str, Axis, str], ...]:
+        """Reverse index: (space name, axis, 'write' | 'read') for every axis of ``param`` in a space."""
+        return self._by_param.get(param, ())
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """Names of the tensors that some space touches."""
+        return tuple(self._by_param)
+
+    def check(self, state: Mapping[str, Tensor]) -> None:
+        """Raise ValueError unless every axis fits ``state`` and every floating tensor is accounted for."""
+        for space in self.spaces.values():
+            for axis in space.axes:
+                if axis.param not in state:
+                    raise ValueError(f"space {space.name!r}: parameter {axis.param!r} is not in the model")
+                shape = state[axis.param].shape
+                if not -len(shape) <= axis.dim < len(shape):
+                    raise ValueError(f"space {space.name!r}: {axis.param} has no dimension {axis.dim} (shape {tuple(shape)})")
+                if axis.extent(shape) != space.size * axis.block or axis.start + axis.extent(shape) > shape[axis.dim]:
+                    raise ValueError(
+                        f"space {space.name!r} of size {space.size} (block {axis.block}) does not fit "
+                        f"{axis.param} dim {axis.dim} slice [{axis.start}, +{axis.extent(shape)}) of shape {tuple(shape)}"
+                    )
+        touched = set(self.params) | set(self.invariant)
+        loose = [k for k, v in state.items() if v.is_floating_point() and k not in touched]
+        if loose:
+            raise ValueError(f"{self.family} spec: floating tensors in no space and not declared invariant: {loose}")
+
+    def sizes(self) -> dict[str, int]:
+        return {name: space.size for name, space in self.spaces.items()}
+
+
+def flatten_axis(tensor: Tensor, axis: Axis) -> Tensor:
+    """View the axis slice of ``tensor`` as a (size, -1) matrix: one row per coordinate of the space."""
+    dim = axis.dim % tensor.ndim
+    part = tensor.narrow(dim, axis.start, axis.extent(tensor.shape))
+    shape = part.shape
+    part = part.reshape(*shape[:dim], shape[dim] // axis.block, axis.block, *shape[dim + 1 :])
+    return part.movedim(dim, 0).reshape(shape[dim] // axis.block, -1)
