@@ -7,6 +7,8 @@
 """
 
 from . import models
+from .data import TensorData, cifar10, data_root, digits, mnist, mnist_loader
+from .training import TrainConfig, evaluate, train
 from .barrier import BarrierCurve, barrier, cross_entropy, interpolate
 from .family import Family, canonicalize, family_of, register_family, spec_for
 from .matching import Alignment, activation_matching, solve_assignment, weight_matching
@@ -24,4 +26,6 @@ __all__ = [
     "Alignment", "weight_matching", "activation_matching", "solve_assignment",
     "BarrierCurve", "barrier", "interpolate", "cross_entropy",
     "MLP", "MLPConfig", "models",
+    "TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader",
+    "TrainConfig", "train", "evaluate",
 ]
