@@ -86,9 +86,33 @@ def _others_applied(state: Mapping[str, Tensor], param: str, spec: SymmetrySpec,
     return tensor
 
 
+def _circuit_factor(state, axes, spec, transforms, skip: str | None) -> Tensor:
+    """(size, block, features): each coordinate's block rows, concatenated over ``axes``."""
+    tensors = (state[a.param] if skip is None else _others_applied(state, a.param, spec, transforms, skip) for a in axes)
+    return torch.cat([flatten_axis(t, a, keep_block=True) for t, a in zip(tensors, axes)], dim=-1)
+
+
 def _weight_score(space: Space, state_a, state_b, spec, transforms) -> Tensor:
-    """C = sum_axes A_axis B_axis^T (size x size) with B's other spaces already aligned."""
+    """C[i, j] = <A's coordinate i, B's coordinate j> (size x size), B's other spaces already aligned.
+
+    Without circuits the rows of every writer and reader are compared. With circuits, coordinates
+    are compared by their circuits, <L_A^i R_A^i^T, L_B^j R_B^j^T> = <L_A^i L_B^j^T, R_A^i R_B^j^T>,
+    from block x block Gram products (the circuits themselves are never formed). Maximising
+    sum_i C[i, pi(i)] minimises the summed squared circuit distances, whose norms are constant.
+    """
     score = torch.zeros(space.size, space.size, dtype=torch.float64)
+    if space.circuits:
+        for circuit in space.circuits:
+            grams = [
+                torch.einsum(
+                    "irf,jsf->ijrs",
+                    _circuit_factor(state_a, axes, spec, transforms, None),
+                    _circuit_factor(state_b, axes, spec, transforms, space.name),
+                )
+                for axes in (circuit.left, circuit.right)
+            ]
+            score += (grams[0] * grams[1]).sum((2, 3))
+        return score
     for axis in space.axes:
         b = _others_applied(state_b, axis.param, spec, transforms, skip=space.name)
         score += flatten_axis(state_a[axis.param], axis) @ flatten_axis(b, axis).T

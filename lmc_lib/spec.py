@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .symmetry import CLASS_ORDER
 
-__all__ = ["Axis", "Space", "SymmetrySpec", "flatten_axis"]
+__all__ = ["Axis", "Circuit", "Space", "SymmetrySpec", "flatten_axis"]
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,25 @@ class Axis:
 
 
 @dataclass(frozen=True)
+class Circuit:
+    """A product that the space's coordinates leave invariant inside each block.
+
+    Coordinate i owns a block of ``block`` rows in each factor; the circuit of coordinate i is
+    sum_r left_i[r]^T right_i[r] (e.g. the QK circuit W_Q^i W_K^i^T of head i, or its OV circuit).
+    ``left`` and ``right`` list axes whose per-block rows are concatenated (a weight and its bias).
+    """
+
+    left: tuple[Axis, ...]
+    right: tuple[Axis, ...]
+
+
+@dataclass(frozen=True)
 class Space:
     """A set of ``size`` coordinates written by ``writes`` and read by ``reads``.
 
     ``probe`` names the module whose output carries this space in its last dimension (used by
-    activation matching); ``None`` when no single module output does.
+    activation matching); ``None`` when no single module output does. ``circuits``, when given,
+    are what weight matching compares for this space instead of the raw writer/reader rows.
     """
 
     name: str
@@ -57,6 +71,7 @@ class Space:
     writes: tuple[Axis, ...]
     reads: tuple[Axis, ...]
     probe: str | None = None
+    circuits: tuple[Circuit, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.classes if c not in CLASS_ORDER]
@@ -108,7 +123,8 @@ class SymmetrySpec:
     def check(self, state: Mapping[str, Tensor]) -> None:
         """Raise ValueError unless every axis fits ``state`` and every floating tensor is accounted for."""
         for space in self.spaces.values():
-            for axis in space.axes:
+            circuit_axes = tuple(axis for circuit in space.circuits for axis in circuit.left + circuit.right)
+            for axis in space.axes + circuit_axes:
                 if axis.param not in state:
                     raise ValueError(f"space {space.name!r}: parameter {axis.param!r} is not in the model")
                 shape = state[axis.param].shape
@@ -128,10 +144,16 @@ class SymmetrySpec:
         return {name: space.size for name, space in self.spaces.items()}
 
 
-def flatten_axis(tensor: Tensor, axis: Axis) -> Tensor:
-    """View the axis slice of ``tensor`` as a (size, -1) matrix: one row per coordinate of the space."""
+def flatten_axis(tensor: Tensor, axis: Axis, *, keep_block: bool = False) -> Tensor:
+    """View the axis slice of ``tensor`` as a (size, -1) matrix: one row per coordinate of the space.
+
+    With ``keep_block`` the result is (size, block, -1): one row per entry of each coordinate's block.
+    """
     dim = axis.dim % tensor.ndim
     part = tensor.narrow(dim, axis.start, axis.extent(tensor.shape))
     shape = part.shape
-    part = part.reshape(*shape[:dim], shape[dim] // axis.block, axis.block, *shape[dim + 1 :])
-    return part.movedim(dim, 0).reshape(shape[dim] // axis.block, -1)
+    size = shape[dim] // axis.block
+    part = part.reshape(*shape[:dim], size, axis.block, *shape[dim + 1 :])
+    if keep_block:
+        return part.movedim((dim, dim + 1), (0, 1)).reshape(size, axis.block, -1)
+    return part.movedim(dim, 0).reshape(size, -1)
