@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader"]
+__all__ = ["TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader", "tiny_shakespeare", "TINY_SHAKESPEARE_URL"]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -114,3 +115,54 @@ def mnist_loader(
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
     dataset = _torchvision_dataset(MNIST, "MNIST", data_root(root), train, None, transform=to_tensor)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def _tiny_shakespeare_text(root: Path, download: bool | None) -> str:
+    path = root / "tinyshakespeare" / "input.txt"
+    if not path.exists():
+        if download is False:
+            raise FileNotFoundError(f"Tiny Shakespeare not found at {path} (download=False)")
+        import urllib.request
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            urllib.request.urlretrieve(TINY_SHAKESPEARE_URL, path)
+        except Exception as error:  # offline: say where the file was expected
+            raise FileNotFoundError(
+                f"Tiny Shakespeare is not at {path} and could not be downloaded ({type(error).__name__}: {error}); "
+                "set LMC_DATA_DIR or pass root= to a folder that holds tinyshakespeare/input.txt"
+            ) from error
+    return path.read_text(encoding="utf-8")
+
+
+def tiny_shakespeare(
+    split: str = "train",
+    *,
+    block_size: int = 256,
+    root: str | os.PathLike | None = None,
+    download: bool | None = None,
+    test_fraction: float = 0.05,
+    val_fraction: float = 0.05,
+) -> tuple[TensorData, list[str]]:
+    """Character-level Tiny Shakespeare as (token_ids, next_token_ids) windows of ``block_size``.
+
+    Contiguous split as in the paper's code: the last ``test_fraction`` of the text is "test", the
+    ``val_fraction`` before it "val", the rest "train". Returns the data and the vocabulary
+    (sorted characters of the whole corpus, so every split shares one encoding).
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"tiny_shakespeare: split must be 'train', 'val' or 'test', got {split!r}")
+    text = _tiny_shakespeare_text(data_root(root), download)
+    vocabulary = sorted(set(text))
+    index = {c: i for i, c in enumerate(vocabulary)}
+    ids = torch.tensor([index[c] for c in text], dtype=torch.long)
+    n_test, n_val = int(len(ids) * test_fraction), int(len(ids) * val_fraction)
+    bounds = {"train": (0, len(ids) - n_test - n_val), "val": (len(ids) - n_test - n_val, len(ids) - n_test), "test": (len(ids) - n_test, len(ids))}
+    start, stop = bounds[split]
+    part = ids[start:stop]
+    windows = (len(part) - 1) // block_size
+    if windows < 1:
+        raise ValueError(f"tiny_shakespeare: the {split} split ({len(part)} characters) is shorter than one block of {block_size}")
+    inputs = part[: windows * block_size].view(windows, block_size)
+    targets = part[1 : windows * block_size + 1].view(windows, block_size)
+    return TensorData(inputs, targets, f"tinyshakespeare-{split}-{block_size}"), vocabulary
