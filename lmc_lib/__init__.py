@@ -7,7 +7,7 @@
 """
 
 from . import models
-from .data import TensorData, cifar10, data_root, digits, mnist, mnist_loader
+from .data import TensorData, cifar10, data_root, digits, mnist, mnist_loader, tiny_shakespeare
 from .training import TrainConfig, evaluate, train
 from .barrier import BarrierCurve, barrier, cross_entropy, interpolate
 from .family import Family, canonicalize, family_of, register_family, spec_for
@@ -26,6 +26,6 @@ __all__ = [
     "Alignment", "weight_matching", "activation_matching", "solve_assignment",
     "BarrierCurve", "barrier", "interpolate", "cross_entropy",
     "MLP", "MLPConfig", "models",
-    "TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader",
+    "TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader", "tiny_shakespeare",
     "TrainConfig", "train", "evaluate",
 ]
