@@ -58,9 +58,13 @@ def _solve(kind: str, score: Tensor) -> Transform:
     return solve_assignment(score) if kind == "permutation" else Orthogonal.nearest(score)
 
 
-def _matched_kind(space: Space, classes: tuple[str, ...], supported: tuple[str, ...]) -> str | None:
-    kind = space.most_general(c for c in classes if c in supported)
-    if kind is None and "semi_permutation" in classes and "permutation" in space.classes:
+Classes = Iterable[str] | Mapping[str, Iterable[str]]
+
+
+def _matched_kind(space: Space, classes: Classes, supported: tuple[str, ...]) -> str | None:
+    allowed = tuple(classes.get(space.group, ()) if isinstance(classes, Mapping) else classes)
+    kind = space.most_general(c for c in allowed if c in supported)
+    if kind is None and "semi_permutation" in allowed and "permutation" in space.classes:
         kind = "permutation"  # at equal widths a semi-permutation alignment is a permutation
     return kind
 
@@ -123,7 +127,7 @@ def weight_matching(
     a: nn.Module,
     b: nn.Module,
     *,
-    classes: Iterable[str] = ("permutation",),
+    classes: Classes = ("permutation",),
     max_iter: int = 100,
     seed: int = 0,
     progress: bool = False,
@@ -132,10 +136,11 @@ def weight_matching(
 
     Each sweep visits the spaces in a seeded random order and re-solves each one given the others
     (assignment for permutations, Procrustes for orthogonal maps); it stops after a sweep in which
-    no space improved. ``history`` holds the objective after each sweep.
+    no space improved. ``history`` holds the objective after each sweep. ``classes`` is a collection
+    of class names, or a mapping from space groups to them (e.g. an orthogonal residual only).
     """
     spec = _check_pair(a, b)
-    classes = tuple(classes)
+    classes = classes if isinstance(classes, Mapping) else tuple(classes)
     state_a = {k: v.detach().double().cpu() for k, v in a.state_dict().items()}
     state_b = {k: v.detach().double().cpu() for k, v in b.state_dict().items()}
     kinds = {n: k for n, s in spec.spaces.items() if (k := _matched_kind(s, classes, ("permutation", "orthogonal")))}
@@ -207,7 +212,7 @@ def activation_matching(
     b: nn.Module,
     data: Iterable[tuple[Tensor, Tensor]],
     *,
-    classes: Iterable[str] = ("permutation",),
+    classes: Classes = ("permutation",),
     max_batches: int | None = None,
     progress: bool = False,
 ) -> Alignment:
@@ -217,7 +222,7 @@ def activation_matching(
     Procrustes on the cross-covariance; invertible: least squares x_a ~ T x_b.
     """
     spec = _check_pair(a, b)
-    classes = tuple(classes)
+    classes = classes if isinstance(classes, Mapping) else tuple(classes)
     kinds = {
         n: k
         for n, s in spec.spaces.items()

@@ -72,6 +72,9 @@ class Space:
     reads: tuple[Axis, ...]
     probe: str | None = None
     circuits: tuple[Circuit, ...] = ()
+    #: the kind of space ("hidden", "residual", "heads", "mlp", "qk", "ov"), so that callers can choose
+    #: classes per kind: ``classes={"residual": ("orthogonal",), "heads": ("permutation",)}``
+    group: str = ""
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.classes if c not in CLASS_ORDER]
@@ -82,9 +85,13 @@ class Space:
     def axes(self) -> tuple[Axis, ...]:
         return self.writes + self.reads
 
-    def most_general(self, allowed: Iterable[str]) -> str | None:
-        """The most general class that this space admits and ``allowed`` contains, or None."""
-        allowed = set(allowed)
+    def most_general(self, allowed: Iterable[str] | Mapping[str, Iterable[str]]) -> str | None:
+        """The most general class that this space admits and ``allowed`` contains, or None.
+
+        ``allowed`` is a collection of class names, or a mapping from space groups to collections
+        (spaces whose group it does not name get None).
+        """
+        allowed = set(allowed.get(self.group, ()) if isinstance(allowed, Mapping) else allowed)
         chosen = [c for c in CLASS_ORDER if c in allowed and c in self.classes]
         return chosen[-1] if chosen else None
 

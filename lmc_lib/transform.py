@@ -98,17 +98,20 @@ def transform(model: nn.Module, transforms: Mapping[str, Transform], *, spec: Sy
 
 def random_transform(
     spec: SymmetrySpec,
-    classes: Iterable[str] = ("permutation",),
+    classes: Iterable[str] | Mapping[str, Iterable[str]] = ("permutation",),
     generator: torch.Generator | None = None,
     *,
     expand: float = 1.0,
 ) -> dict[str, Transform]:
     """A random element for every space that admits one of ``classes`` (its most general one).
 
+    ``classes`` is a collection of class names or a mapping from space groups to such collections.
+
     ``expand`` > 1 widens semi-permutation and orthogonal spaces to round(expand * size) coordinates.
     """
-    classes = tuple(classes)
-    unknown = [c for c in classes if c not in SYMMETRY_CLASSES]
+    classes = {k: tuple(v) for k, v in classes.items()} if isinstance(classes, Mapping) else tuple(classes)
+    names = [c for group in classes.values() for c in group] if isinstance(classes, dict) else classes
+    unknown = [c for c in names if c not in SYMMETRY_CLASSES]
     if unknown:
         raise ValueError(f"unknown symmetry classes {unknown}; expected {tuple(SYMMETRY_CLASSES)}")
     if expand < 1:

@@ -56,3 +56,15 @@ def test_unsupported_module_is_named():
 def test_unknown_family_is_refused():
     with pytest.raises(TypeError, match="no symmetry spec for Conv2d"):
         lmc.spec_for(nn.Conv2d(1, 2, 3))
+
+
+def test_classes_can_be_chosen_per_group(generator):
+    a = lmc.MLP(lmc.MLPConfig(6, (8, 8), 3))
+    spec = lmc.spec_for(a)
+    assert {s.group for s in spec.spaces.values()} == {"hidden"}
+    b = lmc.transform(a, lmc.random_transform(spec, {"hidden": ("permutation",)}, generator))
+    by_group = lmc.weight_matching(a, b, classes={"hidden": ("permutation",)})
+    plain = lmc.weight_matching(a, b)
+    assert all(torch.equal(by_group.transforms[n].indices, plain.transforms[n].indices) for n in spec.spaces)
+    assert lmc.weight_matching(a, b, classes={"residual": ("orthogonal",)}).transforms == {}
+    assert lmc.random_transform(spec, {"residual": ("orthogonal",)}, generator) == {}

@@ -108,6 +108,7 @@ def mlp_spec(model: nn.Sequential) -> SymmetrySpec:
                 writes=tuple(writes),
                 reads=(Axis(f"{children[nxt][0]}.weight", 1),),
                 probe=probe,
+                group="hidden",
             )
         )
     last_name, last = children[linear_at[-1]]
