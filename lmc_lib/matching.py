@@ -96,16 +96,22 @@ def _circuit_factor(state, axes, spec, transforms, skip: str | None) -> Tensor:
     return torch.cat([flatten_axis(t, a, keep_block=True) for t, a in zip(tensors, axes)], dim=-1)
 
 
-def _weight_score(space: Space, state_a, state_b, spec, transforms) -> Tensor:
+def _is_static(param: str, space: str, spec: SymmetrySpec, transforms: Mapping[str, Transform]) -> bool:
+    """True when no matched space but ``space`` touches ``param``: its score contribution never changes."""
+    return all(other == space or other not in transforms for other, _, _ in spec.axes_of(param))
+
+
+def _weight_score(space: Space, state_a, state_b, spec, transforms, cache: dict[str, Tensor]) -> Tensor:
     """C[i, j] = <A's coordinate i, B's coordinate j> (size x size), B's other spaces already aligned.
 
     Without circuits the rows of every writer and reader are compared. With circuits, coordinates
     are compared by their circuits, <L_A^i R_A^i^T, L_B^j R_B^j^T> = <L_A^i L_B^j^T, R_A^i R_B^j^T>,
     from block x block Gram products (the circuits themselves are never formed). Maximising
     sum_i C[i, pi(i)] minimises the summed squared circuit distances, whose norms are constant.
+    Contributions of tensors that no other matched space touches are computed once (``cache``).
     """
-    score = torch.zeros(space.size, space.size, dtype=torch.float64)
     if space.circuits:
+        score = 0.0
         for circuit in space.circuits:
             grams = [
                 torch.einsum(
@@ -115,12 +121,27 @@ def _weight_score(space: Space, state_a, state_b, spec, transforms) -> Tensor:
                 )
                 for axes in (circuit.left, circuit.right)
             ]
-            score += (grams[0] * grams[1]).sum((2, 3))
-        return score
+            score = score + (grams[0] * grams[1]).sum((2, 3))
+        return score.double().cpu()
+    static = [a for a in space.axes if _is_static(a.param, space.name, spec, transforms)]
+    if space.name not in cache:
+        cache[space.name] = sum(
+            (flatten_axis(state_a[a.param], a) @ flatten_axis(state_b[a.param], a).T for a in static),
+            torch.zeros(space.size, space.size, dtype=next(iter(state_a.values())).dtype, device=next(iter(state_a.values())).device),
+        )
+    score = cache[space.name].clone()
     for axis in space.axes:
-        b = _others_applied(state_b, axis.param, spec, transforms, skip=space.name)
-        score += flatten_axis(state_a[axis.param], axis) @ flatten_axis(b, axis).T
-    return score
+        if axis not in static:
+            b = _others_applied(state_b, axis.param, spec, transforms, skip=space.name)
+            score += flatten_axis(state_a[axis.param], axis) @ flatten_axis(b, axis).T
+    return score.double().cpu()
+
+
+def _inner(t: Transform, score: Tensor) -> float:
+    """<T, score> without forming a dense permutation matrix."""
+    if isinstance(t, Permutation):
+        return float(score[torch.arange(score.shape[0]), t.indices].sum())
+    return float((t.matrix * score).sum())
 
 
 def weight_matching(
@@ -138,26 +159,28 @@ def weight_matching(
     (assignment for permutations, Procrustes for orthogonal maps); it stops after a sweep in which
     no space improved. ``history`` holds the objective after each sweep. ``classes`` is a collection
     of class names, or a mapping from space groups to them (e.g. an orthogonal residual only).
+    Scores are computed in float32 on the models' device; the transforms are float64.
     """
     spec = _check_pair(a, b)
     classes = classes if isinstance(classes, Mapping) else tuple(classes)
-    state_a = {k: v.detach().double().cpu() for k, v in a.state_dict().items()}
-    state_b = {k: v.detach().double().cpu() for k, v in b.state_dict().items()}
+    state_a = {k: v.detach().float() for k, v in a.state_dict().items() if v.is_floating_point()}
+    state_b = {k: v.detach().float() for k, v in b.state_dict().items() if v.is_floating_point()}
     kinds = {n: k for n, s in spec.spaces.items() if (k := _matched_kind(s, classes, ("permutation", "orthogonal")))}
     transforms: dict[str, Transform] = {n: identity(k, spec.spaces[n].size) for n, k in kinds.items()}
     rng = np.random.default_rng(seed)
     names = list(kinds)
     history: list[float] = []
+    cache: dict[str, Tensor] = {}
     for _ in tqdm(range(max_iter), disable=not progress, desc="weight matching"):
         improved = False
         objective = 0.0
         for i in rng.permutation(len(names)):
             name = names[i]
-            score = _weight_score(spec.spaces[name], state_a, state_b, spec, transforms)
-            old = float((transforms[name].matrix * score).sum())
+            score = _weight_score(spec.spaces[name], state_a, state_b, spec, transforms, cache)
+            old = _inner(transforms[name], score)
             candidate = _solve(kinds[name], score)
-            new = float((candidate.matrix * score).sum())
-            if new > old + 1e-9 * max(1.0, abs(old)):
+            new = _inner(candidate, score)
+            if new > old + 1e-6 * max(1.0, abs(old)):
                 transforms[name], improved = candidate, True
             objective += max(new, old)
         history.append(objective)

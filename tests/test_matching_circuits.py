@@ -58,7 +58,7 @@ def _circuits(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
 def test_circuit_score_equals_inner_products_of_materialised_circuits(generator):
     spec = _heads_spec()
     state_a, state_b = _state(generator), _state(generator)
-    score = _weight_score(spec.spaces["heads"], state_a, state_b, spec, {})
+    score = _weight_score(spec.spaces["heads"], state_a, state_b, spec, {}, {})
     (qk_a, ov_a), (qk_b, ov_b) = _circuits(state_a), _circuits(state_b)
     expected = torch.einsum("ixy,jxy->ij", qk_a, qk_b) + torch.einsum("ixy,jxy->ij", ov_a, ov_b)
     torch.testing.assert_close(score, expected)
@@ -72,7 +72,7 @@ def test_head_permutation_recovered_through_invertible_scrambling(generator):
     planted = Permutation.random(H, generator)
     scramble = {f"{kind}{h}": Invertible.random(D_HEAD, generator) for kind in ("qk", "ov") for h in range(H)}
     state_b = transform_state(transform_state(state_a, spec, {"heads": planted}), spec, scramble)
-    found = solve_assignment(_weight_score(spec.spaces["heads"], state_a, state_b, spec, {}))
+    found = solve_assignment(_weight_score(spec.spaces["heads"], state_a, state_b, spec, {}, {}))
     assert torch.equal(found.indices, planted.inverse().indices)
     aligned = transform_state(state_b, spec, {"heads": found})
     for circuit_a, circuit_b in zip(_circuits(state_a), _circuits(aligned)):
