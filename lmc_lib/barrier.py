@@ -12,7 +12,8 @@ and blended: stem_l(x) = (1 - l) stem_A(x) + l stem_B(x).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .family import FAMILIES, load_state
 
-__all__ = ["BarrierCurve", "barrier", "interpolate", "cross_entropy", "check_same_architecture"]
+__all__ = ["BarrierCurve", "barrier", "interpolate", "cross_entropy", "check_same_architecture", "evaluating"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -131,6 +132,19 @@ def _leaf_output_bytes(model: nn.Module, x: Tensor) -> int:
     return total
 
 
+@contextmanager
+def evaluating(*models: nn.Module) -> Iterator[None]:
+    """Put ``models`` in eval mode for the block, then restore every module's own training flag."""
+    flags = {module: module.training for model in models for module in model.modules()}
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+
+
 def _eval_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).eval().requires_grad_(False)
 
@@ -224,7 +238,10 @@ def barrier(
     with torch.no_grad():
         if strategy == "vmap":
             evaluator = _StackedEvaluator(a, b, device)
-            per_lambda = evaluator.bytes_per_lambda(next(iter(data))[0].to(device))
+            first = next(iter(data), None)
+            if first is None:
+                raise ValueError("barrier: data yielded no batches")
+            per_lambda = evaluator.bytes_per_lambda(first[0].to(device))
             size = int(max(1, min(grid.size, memory_budget // max(per_lambda, 1))))
         else:
             size = 1

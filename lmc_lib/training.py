@@ -8,6 +8,7 @@ Trained weights are stored as safetensors under ``$LMC_CACHE_DIR`` (default
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .barrier import _logits, cross_entropy
+from .barrier import _logits, cross_entropy, evaluating
 from .data import TensorData
 
 __all__ = ["TrainConfig", "train", "evaluate", "cache_dir"]
@@ -44,6 +45,20 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: unknown optimizer {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"TrainConfig: unknown schedule {self.schedule!r}")
+        valid = {
+            "epochs": self.epochs >= 0,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,  # also refuses NaN
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_steps": self.warmup_steps >= 0,
+        }
+        bad = [f"{name}={getattr(self, name)!r}" for name, ok in valid.items() if not ok]
+        if bad:
+            raise ValueError(
+                f"TrainConfig: invalid {', '.join(bad)} (need epochs >= 0, batch_size >= 1, lr > 0, "
+                "0 <= momentum < 1, weight_decay >= 0, warmup_steps >= 0)"
+            )
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -100,7 +115,7 @@ def train(
     cache: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> nn.Module:
-    """Build a model with ``build()`` under ``seed`` and train it on ``data`` with mean cross-entropy.
+    """Build a model with ``build()`` under ``seed`` and train a copy of it on ``data`` with mean cross-entropy.
 
     With ``cache_key`` (a string that identifies the architecture, e.g. ``repr(MLPConfig(...))``)
     the trained weights are loaded from, or saved to, the cache folder.
@@ -111,7 +126,7 @@ def train(
         path = cache_dir(cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build()
+        model = copy.deepcopy(build())  # a model that build() hands back from outside stays untouched
         if path is not None and path.exists():
             model.load_state_dict(load_file(str(path)))
             return model.eval()
@@ -128,14 +143,13 @@ def train(
 def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` over all targets in ``data``."""
     total_loss, correct, count = 0.0, 0.0, 0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with evaluating(model), torch.no_grad():
         for x, y in data:
             logits = _logits(model(x))
             valid = y != -100
             total_loss += float(cross_entropy(logits, y)[valid].double().sum())
             correct += float((logits.argmax(-1) == y)[valid].sum())
             count += int(valid.sum())
-    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate: data yielded no targets")
     return total_loss / count, correct / count

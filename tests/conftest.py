@@ -4,8 +4,16 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tests use tiny tensors, for which one thread is faster than two (thread start-up dominates).
+torch.set_num_threads(1)
+
+# Property tests run few examples by default (CI has 2 cores; derandomized there so a run is
+# repeatable); HYPOTHESIS_PROFILE=stress runs many.
+settings.register_profile("fast", max_examples=30, deadline=None, derandomize="CI" in os.environ)
+settings.register_profile("stress", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

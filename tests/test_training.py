@@ -1,0 +1,155 @@
+"""Training: seeded and reproducible, cached on disk, loss goes down; evaluate() and the config checks."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import lmc_lib as lmc
+import lmc_lib.training as training
+from contract import same_state
+
+CONFIG = lmc.TrainConfig(epochs=10, batch_size=32, lr=3e-2)
+MODEL = lmc.MLPConfig(8, (16,), 3)
+
+
+def teacher_data(n: int = 192) -> lmc.TensorData:
+    """Labels of a fixed random linear teacher: a problem a small MLP learns in a few epochs."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=generator)
+    teacher = torch.randn(8, 3, generator=generator)
+    return lmc.TensorData(x, (x @ teacher).argmax(1), "teacher")
+
+
+def build() -> lmc.MLP:
+    return lmc.MLP(MODEL)
+
+
+def fit(seed: int, **options) -> nn.Module:
+    return lmc.train(build, teacher_data(), CONFIG, seed=seed, progress=False, **options)
+
+
+def test_same_seed_gives_identical_weights():
+    assert same_state(fit(0), fit(0))
+
+
+def test_different_seeds_give_different_weights():
+    assert not torch.equal(fit(0).fc1.weight, fit(1).fc1.weight)
+
+
+def test_training_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    fit(0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_loss_decreases_and_the_model_is_returned_in_eval_mode():
+    data = teacher_data()
+    before = lmc.evaluate(lmc.train(build, data, lmc.TrainConfig(epochs=0), seed=0, progress=False), data.batches())
+    model = fit(0)
+    after = lmc.evaluate(model, data.batches())
+    assert after[0] < 0.25 * before[0] and after[1] > 0.95
+    assert not model.training
+
+
+def test_a_model_handed_in_by_build_is_not_modified():
+    model = build().train()
+    original = copy.deepcopy(model)
+    trained = lmc.train(lambda: model, teacher_data(), CONFIG, seed=0, progress=False)
+    assert trained is not model and not same_state(trained, model)
+    assert same_state(model, original) and model.training
+
+
+def test_second_call_loads_from_the_cache(tmp_path, monkeypatch):
+    key = repr(MODEL)
+    first = fit(0, cache_key=key, cache=tmp_path)
+    files = list(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained although the weights are cached")
+
+    monkeypatch.setattr(training, "_fit", refuse)
+    second = fit(0, cache_key=key, cache=tmp_path)
+    assert same_state(first, second) and not second.training
+    # the key holds the seed, the config and the data: a change is a miss, which trains
+    for options in ({"seed": 1}, {"config": lmc.TrainConfig(epochs=11, batch_size=32, lr=3e-2)}, {"data": teacher_data(100)}):
+        arguments = {"seed": 0, "config": CONFIG, "data": teacher_data(), **options}
+        with pytest.raises(AssertionError, match="trained although"):
+            lmc.train(build, arguments["data"], arguments["config"], seed=arguments["seed"], cache_key=key, cache=tmp_path, progress=False)
+
+
+def test_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMC_CACHE_DIR", str(tmp_path))
+    assert training.cache_dir() == tmp_path and training.cache_dir(tmp_path / "x") == tmp_path / "x"
+    fit(0, cache_key="mlp")
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+
+
+def test_divergence_raises():
+    exploding = lmc.TrainConfig(epochs=3, batch_size=32, lr=1e12, optimizer="sgd", schedule="constant")
+    with pytest.raises(FloatingPointError, match="training diverged at epoch"):
+        lmc.train(build, teacher_data(), exploding, seed=0, progress=False)
+
+
+@pytest.mark.parametrize("optimizer, schedule, warmup, lr", [("sgd", "constant", 0, 0.1), ("adamw", "cosine", 5, 3e-2)])
+def test_every_optimizer_and_schedule_trains(optimizer, schedule, warmup, lr):
+    config = lmc.TrainConfig(epochs=8, batch_size=32, lr=lr, optimizer=optimizer, schedule=schedule, warmup_steps=warmup)
+    data = teacher_data()
+    assert lmc.evaluate(lmc.train(build, data, config, seed=0, progress=False), data.batches())[0] < 0.3
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
+        ({"schedule": "step"}, "unknown schedule 'step'"),
+        ({"epochs": -1}, "invalid epochs=-1"),
+        ({"batch_size": 0}, "invalid batch_size=0"),
+        ({"lr": 0.0}, "invalid lr=0.0"),
+        ({"lr": float("nan")}, "invalid lr=nan"),
+        ({"momentum": 1.0}, "invalid momentum=1.0"),
+        ({"weight_decay": -0.1}, "invalid weight_decay=-0.1"),
+        ({"warmup_steps": -5, "batch_size": -1}, "invalid batch_size=-1, warmup_steps=-5"),
+    ],
+)
+def test_train_config_refuses_bad_values(options, message):
+    with pytest.raises(ValueError, match=message):
+        lmc.TrainConfig(**options)
+
+
+# -- evaluate ------------------------------------------------------------------------------------
+
+
+class ConstantLogits(nn.Module):
+    """Logits [0, log 3] for every example: p = (1/4, 3/4), always predicts class 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([0.0, math.log(3.0)]))
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], 2)
+
+
+def test_evaluate_by_hand():
+    targets = torch.tensor([1, 1, 0, -100, 1])
+    loss, accuracy = lmc.evaluate(ConstantLogits(), [(torch.zeros(3, 1), targets[:3]), (torch.zeros(2, 1), targets[3:])])
+    # three targets of class 1 (-log 3/4 each), one of class 0 (-log 1/4), one ignored
+    assert loss == pytest.approx((3 * -math.log(0.75) - math.log(0.25)) / 4)
+    assert accuracy == pytest.approx(3 / 4)
+
+
+def test_evaluate_restores_every_module_flag():
+    model = ConstantLogits().train()
+    model.dropout.eval()
+    lmc.evaluate(model, [(torch.zeros(2, 1), torch.tensor([0, 1]))])
+    assert model.training and not model.dropout.training
+
+
+def test_evaluate_refuses_data_without_targets():
+    with pytest.raises(ValueError, match="evaluate: data yielded no targets"):
+        lmc.evaluate(ConstantLogits(), [(torch.zeros(2, 1), torch.tensor([-100, -100]))])
