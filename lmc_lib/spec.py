@@ -75,6 +75,9 @@ class Space:
     #: the kind of space ("hidden", "residual", "heads", "mlp", "qk", "ov"), so that callers can choose
     #: classes per kind: ``classes={"residual": ("orthogonal",), "heads": ("permutation",)}``
     group: str = ""
+    #: False where the architecture fixes the size (the width of one attention head): transforms
+    #: of such a space must be square, and ``random_transform(expand=...)`` leaves it at its size
+    resizable: bool = True
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.classes if c not in CLASS_ORDER]

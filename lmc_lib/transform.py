@@ -75,6 +75,8 @@ def transform_state(
             raise ValueError(f"space {name!r} has size {space.size} but its {t.kind} acts on {t.size_in} coordinates")
         if t.kind not in space.classes:
             raise ValueError(f"space {name!r} admits {space.classes}, not {t.kind}")
+        if t.size_out != space.size and not space.resizable:
+            raise ValueError(f"space {name!r} has a fixed size {space.size}; its {t.kind} would resize it to {t.size_out}")
     _check_resizing(spec, transforms)
     work = {k: v.detach().to(torch.float64) if v.is_floating_point() else v for k, v in state.items()}
     for name, space in spec.spaces.items():
@@ -120,7 +122,7 @@ def random_transform(
     for name, space in spec.spaces.items():
         kind = space.most_general(classes)
         n = space.size
-        m = max(n, round(expand * n))
+        m = max(n, round(expand * n)) if space.resizable else n
         if kind == "permutation":
             result[name] = Permutation.random(n, generator)
         elif kind == "semi_permutation":

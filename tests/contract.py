@@ -3,13 +3,15 @@
 A family's test module subclasses :class:`AdapterContract` with ``CONFIGS`` (small configurations,
 nothing downloaded), ``build(config, seed)`` and ``inputs(model, generator)``. The contract checks:
 the spec accounts for every tensor, every class the spec admits preserves the function under random
-elements, weight matching recovers a planted permutation, and no public call modifies its inputs.
+elements, weight matching recovers a planted permutation (and a planted orthogonal map of the residual
+stream, where a model has one), and no public call modifies its inputs.
 """
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -77,6 +79,18 @@ class AdapterContract:
         aligned = lmc.weight_matching(a, b).apply(b)
         for name, tensor in a.state_dict().items():
             torch.testing.assert_close(aligned.state_dict()[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+    def test_planted_orthogonal_residual_recovered(self, config, generator):
+        a = self.build(config, 0)
+        spec = lmc.spec_for(a)
+        residual = spec.spaces.get("residual")
+        if residual is None or "orthogonal" not in residual.classes:
+            pytest.skip("no orthogonal residual stream in this model")
+        classes = {s.group: ("orthogonal",) if s is residual else ("permutation",) for s in spec.spaces.values()}
+        b = lmc.transform(a, lmc.random_transform(spec, classes, generator))
+        aligned = lmc.weight_matching(a, b, classes=classes).apply(b)
+        for name, tensor in a.state_dict().items():
+            torch.testing.assert_close(aligned.state_dict()[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
     def test_inputs_never_modified(self, config, generator):
         a, b = self.build(config, 0), self.build(config, 1)
