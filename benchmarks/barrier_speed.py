@@ -8,7 +8,7 @@ the same losses. Each repeat times the two methods and one plain forward pass ba
 busy machine slows all three alike; the table shows medians over ``--repeats`` repeats (the
 speed-up is the median of the per-repeat ratios).
 
-    LMC_DATA_DIR=../shared/data python benchmarks/barrier_speed.py --threads 2
+    OMP_WAIT_POLICY=PASSIVE LMC_DATA_DIR=../shared/data python benchmarks/barrier_speed.py --threads 2
 """
 
 from __future__ import annotations

@@ -51,6 +51,9 @@ class Family:
     #: model -> (stem, rest) with model(x) == rest(stem(x)) and stem(x) affine in the stem's
     #: parameters; the names of both parts' parameters are the model's own.
     split_stem: Callable[[nn.Module], tuple[nn.Module, nn.Module]] | None = None
+    #: (model, k) -> the same function with every attention head k times wider (zero rows, the
+    #: attention scale kept); what circuit-space interpolation (``lmc_lib.circuits``) builds on.
+    widen_heads: Callable[[nn.Module, int], nn.Module] | None = None
 
 
 FAMILIES: list[Family] = []

@@ -1,20 +1,19 @@
-"""Find the transforms that align model B to model A, written once against the SymmetrySpec.
+"""Find the transforms that align model B to model A from their weights, written once against the SymmetrySpec.
 
-- :func:`weight_matching` (data-free, Git Re-Basin): coordinate descent over spaces; for each
-  space, C = sum over the tensors touching it of W_A (W_B with the other spaces' transforms
-  applied)^T, then the permutation maximising <P, C> (linear assignment) or the orthogonal map
-  maximising <O, C> (Procrustes, U V^T).
-- :func:`activation_matching`: streaming first and second moments of each space's activations in
-  both models on data, then assignment on correlations (permutation), Procrustes on the
-  cross-covariance (orthogonal) or least squares (invertible).
-
-Both return an :class:`Alignment`; ``alignment.apply(b)`` is the aligned copy of B.
+:func:`weight_matching` (data-free; Git Re-Basin, and the paper's weight matching for Transformers)
+runs coordinate descent over spaces: for each space, C = sum over the tensors touching it of
+W_A (W_B with the other spaces' transforms applied)^T, then the permutation maximising <P, C>
+(linear assignment), the orthogonal map maximising <O, C> (Procrustes, U V^T) or the invertible
+map fitting both sides by least squares (:func:`fit_invertible`); spaces that declare circuits
+(attention heads) compare their QK and OV products instead. :func:`~lmc_lib.activations.activation_matching`
+does the same from activations. Both return an :class:`Alignment`; ``alignment.apply(b)`` is the
+aligned copy of B.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -22,13 +21,16 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .barrier import check_same_architecture, evaluating
+from .barrier import check_same_architecture
 from .family import spec_for
-from .spec import Space, SymmetrySpec, flatten_axis
+from .spec import Axis, Space, SymmetrySpec, flatten_axis
 from .symmetry import Invertible, Orthogonal, Permutation, Transform, identity
 from .transform import apply_along, transform
 
-__all__ = ["Alignment", "weight_matching", "activation_matching", "solve_assignment"]
+__all__ = ["Alignment", "weight_matching", "solve_assignment", "fit_invertible"]
+
+#: the sweep limit when neither the caller nor the spec sets one
+MAX_SWEEPS = 100
 
 
 @dataclass(frozen=True)
@@ -44,24 +46,43 @@ class Alignment:
         return transform(model, self.transforms, spec=self.spec)
 
 
+# -- solvers and the choice of class, shared with activation matching -----------------------------
+
+
 def solve_assignment(score: Tensor) -> Permutation:
     """The permutation P maximising <P, score> = sum_i score[i, indices[i]] (Hungarian, scipy)."""
     score = score.detach().double().cpu().numpy()
     if not np.isfinite(score).all():
         raise ValueError("assignment: the score matrix has NaN or infinite entries")
+    best = score.argmax(1)
+    if np.unique(best).size == best.size:  # every row gets its maximum: nothing can beat that
+        return Permutation(torch.as_tensor(best))
     rows, cols = linear_sum_assignment(score, maximize=True)
     return Permutation(torch.as_tensor(cols[np.argsort(rows)]))
 
 
-def _solve(kind: str, score: Tensor) -> Transform:
-    """The element of ``kind`` maximising <T, score>."""
-    return solve_assignment(score) if kind == "permutation" else Orthogonal.nearest(score)
+def fit_invertible(cross: Tensor, gram_write_b: Tensor, gram_read_a: Tensor, *, ridge: float = 1e-9) -> Invertible:
+    """The T minimising ||T X_B - X_A||^2 + ||T^T Y_A - Y_B||^2 (least squares on both sides, each
+    where it is linear in T: writers X map to T X, readers Y to T^-T Y).
+
+    Setting the gradient to zero gives the Sylvester equation G_rA T + T G_wB = C, with
+    C = X_A X_B^T + Y_A Y_B^T (``cross``), G_wB = X_B X_B^T and G_rA = Y_A Y_A^T: in the eigenbases
+    G_rA = U diag(a) U^T, G_wB = V diag(b) V^T it is elementwise, T = U [(U^T C V) / (a_i + b_j)] V^T.
+    Exact when B is A under an invertible map; ``ridge`` (relative) keeps an empty side solvable.
+    """
+    cross, gram_write_b, gram_read_a = (x.double().cpu() for x in (cross, gram_write_b, gram_read_a))
+    shift = ridge * float(gram_write_b.trace() + gram_read_a.trace()) / cross.shape[0] + 1e-300
+    a, u = torch.linalg.eigh(gram_read_a)
+    b, v = torch.linalg.eigh(gram_write_b)
+    inner = (u.T @ cross @ v) / (a.clamp_min(0)[:, None] + b.clamp_min(0)[None, :] + shift)
+    return Invertible(u @ inner @ v.T)
 
 
 Classes = Iterable[str] | Mapping[str, Iterable[str]]
 
 
-def _matched_kind(space: Space, classes: Classes, supported: tuple[str, ...]) -> str | None:
+def matched_kind(space: Space, classes: Classes, supported: tuple[str, ...]) -> str | None:
+    """The class a matcher that solves ``supported`` classes uses for ``space`` under ``classes``, or None."""
     allowed = tuple(classes.get(space.group, ()) if isinstance(classes, Mapping) else classes)
     kind = space.most_general(c for c in allowed if c in supported)
     if kind is None and "semi_permutation" in allowed and "permutation" in space.classes:
@@ -73,75 +94,179 @@ def _check_pair(a: nn.Module, b: nn.Module) -> SymmetrySpec:
     check_same_architecture(a, b)
     spec = spec_for(a)
     for name, tensor in {**a.state_dict(), **b.state_dict()}.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if not tensor.is_floating_point() or not tensor.numel():
+            continue
+        if not torch.isfinite(torch.stack(torch.aminmax(tensor.detach()))).all():  # min and max carry any NaN
             raise ValueError(f"matching: tensor {name!r} has NaN or infinite entries")
     return spec
 
 
-def _others_applied(state: Mapping[str, Tensor], param: str, spec: SymmetrySpec, transforms: Mapping[str, Transform], skip: str) -> Tensor:
-    """``state[param]`` with every space's current transform applied except ``skip``'s."""
-    tensor = state[param]
+# -- weight matching ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Statistics:
+    """One space's sums over its tensors, size x size, in the frame of B' (B with every current
+    transform applied, where the current alignment of the space is the identity): ``cross`` is
+    sum X_A X_B'^T over writers and readers; invertible solves keep the readers' apart in
+    ``cross_read`` and add the Grams X_B' X_B'^T of the writers, X_A X_A^T and X_B' X_B'^T of the readers."""
+
+    cross: Tensor
+    cross_read: Tensor | None = None
+    gram_write_b: Tensor | None = None
+    gram_read_a: Tensor | None = None
+    gram_read_b: Tensor | None = None
+
+    def __add__(self, other: _Statistics | None) -> _Statistics:
+        if other is None:
+            return self
+        summed = (None if x is None else x + getattr(other, f.name) for f, x in zip(fields(self), vars(self).values()))
+        return _Statistics(*summed)
+
+    def double(self) -> _Statistics:
+        return _Statistics(*(None if x is None else x.double().cpu() for x in vars(self).values()))
+
+    def moved(self, t: Transform) -> _Statistics:
+        """The sums after B moves by T: writers X -> T X, readers Y -> T^-T Y."""
+        if t.kind != "invertible":  # T^-T = T
+            cross = self.cross[:, t.indices] if isinstance(t, Permutation) else self.cross @ t.matrix.T
+            return _Statistics(cross)
+        matrix, read = t.matrix, t.read_matrix  # T, T^-1
+        return _Statistics(self.cross @ matrix.T, self.cross_read @ read, matrix @ self.gram_write_b @ matrix.T,
+                           self.gram_read_a, read.T @ self.gram_read_b @ read)
+
+
+def _objective(t: Transform, stats: _Statistics) -> float:
+    """sum over the space's tensors of <X_A, M X_B'> - |M X_B'|^2 / 2 (M = T on writers, T^-T on readers):
+    minus half the squared distance to A, up to terms T does not change. The norm term is constant
+    for orthogonal T, so there it is the inner product <T, C> (computed without a dense permutation)."""
+    if isinstance(t, Permutation):
+        return float(stats.cross[torch.arange(stats.cross.shape[0]), t.indices].sum())
+    if t.kind != "invertible":
+        return float((t.matrix * stats.cross).sum())
+    matrix, read = t.matrix, t.read_matrix.T
+    return float(
+        (matrix * stats.cross).sum() - 0.5 * (matrix @ stats.gram_write_b * matrix).sum()
+        + (read * stats.cross_read).sum() - 0.5 * (read @ stats.gram_read_b * read).sum()
+    )
+
+
+def _solve(kind: str, stats: _Statistics) -> Transform:
+    """The element of ``kind`` maximising the space's objective (exactly, except for invertible maps)."""
+    if kind == "permutation":
+        return solve_assignment(stats.cross)
+    if kind == "orthogonal":
+        return Orthogonal.nearest(stats.cross)
+    return fit_invertible(stats.cross + stats.cross_read, stats.gram_write_b, stats.gram_read_a)
+
+
+def _applied(tensor: Tensor, param: str, spec: SymmetrySpec, transforms: Mapping[str, Transform]) -> Tensor:
+    """``tensor`` (the model's ``param``) with every space's transform in ``transforms`` applied, in spec order."""
     for name, axis, role in spec.axes_of(param):
         t = transforms.get(name)
-        if name == skip or t is None:
-            continue
-        matrix = t if isinstance(t, Permutation) else (t.matrix if role == "write" else t.read_matrix.T)
-        tensor = apply_along(tensor, axis, matrix)
+        if t is not None:
+            matrix = t if isinstance(t, Permutation) else t.matrix if role == "write" else t.read_matrix.T
+            tensor = apply_along(tensor, axis, matrix)
     return tensor
 
 
-def _circuit_factor(state, axes, spec, transforms, skip: str | None) -> Tensor:
-    """(size, block, features): each coordinate's block rows, concatenated over ``axes``."""
-    tensors = (state[a.param] if skip is None else _others_applied(state, a.param, spec, transforms, skip) for a in axes)
-    return torch.cat([flatten_axis(t, a, keep_block=True) for t, a in zip(tensors, axes)], dim=-1)
+class _WeightState:
+    """A's tensors and B' (B with the current transforms applied) for the tensors two matched spaces share.
 
-
-def _is_static(param: str, space: str, spec: SymmetrySpec, transforms: Mapping[str, Transform]) -> bool:
-    """True when no matched space but ``space`` touches ``param``: its score contribution never changes."""
-    return all(other == space or other not in transforms for other, _, _ in spec.axes_of(param))
-
-
-def _weight_score(space: Space, state_a, state_b, spec, transforms, cache: dict[str, Tensor]) -> Tensor:
-    """C[i, j] = <A's coordinate i, B's coordinate j> (size x size), B's other spaces already aligned.
-
-    Without circuits the rows of every writer and reader are compared. With circuits, coordinates
-    are compared by their circuits, <L_A^i R_A^i^T, L_B^j R_B^j^T> = <L_A^i L_B^j^T, R_A^i R_B^j^T>,
-    from block x block Gram products (the circuits themselves are never formed). Maximising
-    sum_i C[i, pi(i)] minimises the summed squared circuit distances, whose norms are constant.
-    Contributions of tensors that no other matched space touches are computed once (``cache``).
+    A tensor that only one matched space touches adds a constant to that space's sums, computed
+    once from the raw tensors and moved along with the space's transform. Accepting a step
+    Delta of a space applies Delta to B' (T becomes Delta T): no tensor is transformed twice.
     """
-    if space.circuits:
+
+    def __init__(self, spec: SymmetrySpec, kinds: Mapping[str, str], state_a: Mapping[str, Tensor],
+                 state_b: Mapping[str, Tensor], dtype: torch.dtype):
+        self.spec, self.kinds, self.dtype = spec, kinds, dtype
+        self.raw_a, self.raw_b = state_a, state_b
+        self.transforms: dict[str, Transform] = {n: identity(k, spec.spaces[n].size) for n, k in kinds.items()}
+        touching: dict[str, set[str]] = {}
+        for name in kinds:
+            for axis in spec.spaces[name].axes:
+                touching.setdefault(axis.param, set()).add(name)
+        self.shared = {p for p, names in touching.items() if len(names) > 1}
+        self.a = {p: state_a[p].detach().to(dtype) for p in self.shared}
+        self.b = {p: state_b[p].detach().to(dtype) for p in self.shared}
+        # B' applies the transforms in spec order; where a later space acts on the same entries (a
+        # head's inside, after the heads), a step of the earlier one is not a step on top of B'
+        order = list(spec.spaces)
+        self.later = {n: [o for o in spec.overlapping(n) if o in kinds and order.index(o) > order.index(n)] for n in kinds}
+        for name, later in self.later.items():
+            if later and not (spec.spaces[name].circuits and kinds[name] == "permutation"):
+                raise ValueError(f"weight matching: space {name!r} shares entries with the later space {later[0]!r}; "
+                                 "only permutations of blocks compared by circuits (which the later ones leave invariant) may")
+        self.static = {n: self._sums(spec.spaces[n], lambda axis: axis.param not in self.shared) for n in kinds}
+
+    def _tensor(self, side: str, param: str) -> Tensor:
+        cache, raw = (self.a, self.raw_a) if side == "a" else (self.b, self.raw_b)
+        return cache[param] if param in cache else raw[param].detach().to(self.dtype)
+
+    def _sums(self, space: Space, keep) -> _Statistics | None:
+        """Sums over the axes for which ``keep(axis)`` holds (float64), None when there are none."""
+        def flat(axis: Axis) -> tuple[Tensor, Tensor]:
+            return tuple(flatten_axis(self._tensor(side, axis.param), axis) for side in "ab")
+
+        writes, reads = [flat(x) for x in space.writes if keep(x)], [flat(x) for x in space.reads if keep(x)]
+        if not writes and not reads:
+            return None
+        device = next(iter(self.raw_a.values())).device
+        total = lambda products: sum(products, torch.zeros(space.size, space.size, dtype=self.dtype, device=device))  # noqa: E731
+        if self.kinds[space.name] != "invertible":
+            return _Statistics(total(a @ b.T for a, b in writes + reads)).double()
+        return _Statistics(total(a @ b.T for a, b in writes), total(a @ b.T for a, b in reads), total(b @ b.T for _, b in writes),
+                           total(a @ a.T for a, _ in reads), total(b @ b.T for _, b in reads)).double()
+
+    def anchors(self, name: str) -> _Statistics | None:
+        """The sums of the tensors that no other matched space touches, in B' 's frame."""
+        static = self.static[name]
+        return None if static is None else static.moved(self.transforms[name])
+
+    def anchored(self, name: str) -> bool:
+        """True when the space is anchored and has tensors that only it touches to be solved from."""
+        return self.spec.spaces[name].anchored and self.static[name] is not None
+
+    def _circuit_score(self, space: Space) -> Tensor:
+        """C[i, j] = sum over circuits of <L_A^i R_A^i^T, L_B'^j R_B'^j^T> from block x block Grams."""
+        def factor(side: str, axes: tuple[Axis, ...]) -> Tensor:  # (size, block, features)
+            return torch.cat([flatten_axis(self._tensor(side, a.param), a, keep_block=True) for a in axes], dim=-1)
+
         score = 0.0
         for circuit in space.circuits:
-            grams = [
-                torch.einsum(
-                    "irf,jsf->ijrs",
-                    _circuit_factor(state_a, axes, spec, transforms, None),
-                    _circuit_factor(state_b, axes, spec, transforms, space.name),
-                )
-                for axes in (circuit.left, circuit.right)
-            ]
-            score = score + (grams[0] * grams[1]).sum((2, 3))
-        return score.double().cpu()
-    static = [a for a in space.axes if _is_static(a.param, space.name, spec, transforms)]
-    if space.name not in cache:
-        cache[space.name] = sum(
-            (flatten_axis(state_a[a.param], a) @ flatten_axis(state_b[a.param], a).T for a in static),
-            torch.zeros(space.size, space.size, dtype=next(iter(state_a.values())).dtype, device=next(iter(state_a.values())).device),
-        )
-    score = cache[space.name].clone()
-    for axis in space.axes:
-        if axis not in static:
-            b = _others_applied(state_b, axis.param, spec, transforms, skip=space.name)
-            score += flatten_axis(state_a[axis.param], axis) @ flatten_axis(b, axis).T
-    return score.double().cpu()
+            left, right = (torch.einsum("irf,jsf->ijrs", factor("a", axes), factor("b", axes))
+                           for axes in (circuit.left, circuit.right))
+            score = score + (left * right).sum((2, 3))
+        return score
 
+    def statistics(self, name: str) -> _Statistics:
+        """The space's sums with B's other spaces aligned, in B' 's frame.
 
-def _inner(t: Transform, score: Tensor) -> float:
-    """<T, score> without forming a dense permutation matrix."""
-    if isinstance(t, Permutation):
-        return float(score[torch.arange(score.shape[0]), t.indices].sum())
-    return float((t.matrix * score).sum())
+        Circuits compare coordinates by <L_A^i R_A^i^T, L_B^j R_B^j^T> = <L_A^i L_B^j^T, R_A^i R_B^j^T>;
+        maximising sum_i C[i, pi(i)] minimises the summed squared circuit distances.
+        """
+        space = self.spec.spaces[name]
+        if space.circuits:
+            return _Statistics(self._circuit_score(space).double().cpu())
+        live = self._sums(space, lambda axis: axis.param in self.shared)
+        return live + self.anchors(name) if live is not None else self.anchors(name)
+
+    def step(self, name: str, delta: Transform) -> None:
+        """T becomes Delta T; B' follows."""
+        space = self.spec.spaces[name]
+        self.transforms[name] = delta.compose(self.transforms[name])
+        params = {a.param for a in space.axes} & self.shared
+        if self.later[name]:
+            for param in params:
+                self.b[param] = _applied(self.raw_b[param].detach().to(self.dtype), param, self.spec, self.transforms)
+            return
+        write = delta if isinstance(delta, Permutation) else delta.matrix
+        read = delta if isinstance(delta, Permutation) else delta.read_matrix.T
+        for matrix, axes in ((write, space.writes), (read, space.reads)):
+            for axis in axes:
+                if axis.param in params:
+                    self.b[axis.param] = apply_along(self.b[axis.param], axis, matrix)
 
 
 def weight_matching(
@@ -149,144 +274,52 @@ def weight_matching(
     b: nn.Module,
     *,
     classes: Classes = ("permutation",),
-    max_iter: int = 100,
+    max_iter: int | None = None,
     seed: int = 0,
     score_dtype: torch.dtype = torch.float64,
     tolerance: float = 1e-12,
     progress: bool = False,
 ) -> Alignment:
-    """Align B to A from the weights alone: maximise sum_spaces <T, C_space> by coordinate descent.
+    """Align B to A from the weights alone: maximise sum_spaces f_space(T) by coordinate descent.
 
-    The first sweep visits the spaces in spec order (a family lists its best-anchored space first,
-    e.g. the residual stream that the embeddings pin down; starting elsewhere can lock in wrong
-    permutations), later sweeps in a seeded random order; each step re-solves one space given the others
-    (assignment for permutations, Procrustes for orthogonal maps); it stops after a sweep in which
-    no space improved. ``history`` holds the objective's gain over the identity alignment after
-    each sweep (accepted steps only add to it, so it never decreases). ``classes`` is a collection
-    of class names, or a mapping from space groups to them (e.g. an orthogonal residual only).
-    A step counts as an improvement when it gains more than ``tolerance`` (relative). Scores are
-    computed in ``score_dtype`` on the models' device (float32 halves the time of large models at the
-    cost of stopping earlier on orthogonal spaces); the transforms are float64.
+    f_space(T) = sum over the space's tensors of <W_A, T(W_B)> - ||T(W_B)||^2 / 2 (minus half the
+    squared distance; the inner product for permutations and orthogonal maps), or the summed
+    circuit inner products for spaces with circuits (attention heads). Each step re-solves one
+    space given the others: assignment for permutations, Procrustes for orthogonal maps,
+    :func:`fit_invertible` for invertible ones (e.g. ``{"qk": ("invertible",), "ov": ("invertible",)}``:
+    each head's factors). The first sweep visits the spaces in spec order (a family lists its
+    best-anchored space first); an ``anchored`` space (the residual stream) is solved there from
+    the tensors only it touches (embeddings, head), as in the paper. Later sweeps go in a seeded
+    random order; a step is kept when it gains more than ``tolerance`` (relative). It stops after
+    ``max_iter`` sweeps (default: the spec's ``rounds``, 5 for Transformers; else 100) or a sweep
+    in which no space improved. ``history`` holds the summed gains over the identity after each
+    sweep (never decreasing after the first). ``classes`` is a collection of class names, or a
+    mapping from space groups to them, e.g. ``{"residual": ("orthogonal",), "heads":
+    ("permutation",), "mlp": ("permutation",)}``. Scores are computed in ``score_dtype`` on the
+    models' device (float32 halves time and memory on large models); the transforms are float64.
     """
     spec = _check_pair(a, b)
     classes = classes if isinstance(classes, Mapping) else tuple(classes)
-    state_a = {k: v.detach().to(score_dtype) for k, v in a.state_dict().items() if v.is_floating_point()}
-    state_b = {k: v.detach().to(score_dtype) for k, v in b.state_dict().items() if v.is_floating_point()}
-    kinds = {n: k for n, s in spec.spaces.items() if (k := _matched_kind(s, classes, ("permutation", "orthogonal")))}
-    transforms: dict[str, Transform] = {n: identity(k, spec.spaces[n].size) for n, k in kinds.items()}
+    supported = ("permutation", "orthogonal", "invertible")
+    kinds = {n: k for n, s in spec.spaces.items() if (k := matched_kind(s, classes, supported))}
+    state = _WeightState(spec, kinds, a.state_dict(), b.state_dict(), score_dtype)
+    max_iter = max_iter if max_iter is not None else spec.rounds or MAX_SWEEPS
     rng = np.random.default_rng(seed)
     names = list(kinds)
     history: list[float] = []
-    cache: dict[str, Tensor] = {}
     gain = 0.0
     for sweep in tqdm(range(max_iter), disable=not progress, desc="weight matching"):
         improved = False
         for i in range(len(names)) if sweep == 0 else rng.permutation(len(names)):
             name = names[i]
-            score = _weight_score(spec.spaces[name], state_a, state_b, spec, transforms, cache)
-            old = _inner(transforms[name], score)
-            candidate = _solve(kinds[name], score)
-            new = _inner(candidate, score)
-            if new > old + tolerance * max(1.0, abs(old)):
-                transforms[name], improved = candidate, True
-                gain += new - old  # <T, C_space> is the objective up to terms this space does not touch
+            stats = state.statistics(name)
+            first_anchor = sweep == 0 and state.anchored(name)
+            delta = _solve(kinds[name], state.anchors(name) if first_anchor else stats)
+            old, new = _objective(identity(kinds[name], spec.spaces[name].size), stats), _objective(delta, stats)
+            if first_anchor or new > old + tolerance * max(1.0, abs(old)):
+                state.step(name, delta)
+                improved, gain = True, gain + new - old
         history.append(gain)
         if not improved:
             break
-    return Alignment(transforms, spec, tuple(history))
-
-
-class _Moments:
-    """Streaming sums for one space: counts, means, variances and the A-B cross moment."""
-
-    def __init__(self, n: int, need_bb: bool) -> None:
-        self.count = 0
-        self.sum_a = torch.zeros(n, dtype=torch.float64)
-        self.sum_b = torch.zeros(n, dtype=torch.float64)
-        self.sq_a = torch.zeros(n, dtype=torch.float64)
-        self.sq_b = torch.zeros(n, dtype=torch.float64)
-        self.ab = torch.zeros(n, n, dtype=torch.float64)
-        self.bb = torch.zeros(n, n, dtype=torch.float64) if need_bb else None
-
-    def update(self, x_a: Tensor, x_b: Tensor) -> None:
-        x_a = x_a.detach().reshape(-1, x_a.shape[-1]).double().cpu()
-        x_b = x_b.detach().reshape(-1, x_b.shape[-1]).double().cpu()
-        self.count += x_a.shape[0]
-        self.sum_a += x_a.sum(0)
-        self.sum_b += x_b.sum(0)
-        self.sq_a += (x_a * x_a).sum(0)
-        self.sq_b += (x_b * x_b).sum(0)
-        self.ab += x_a.T @ x_b
-        if self.bb is not None:
-            self.bb += x_b.T @ x_b
-
-    def cross_covariance(self) -> Tensor:
-        mean_a, mean_b = self.sum_a / self.count, self.sum_b / self.count
-        return self.ab / self.count - torch.outer(mean_a, mean_b)
-
-    def correlation(self) -> Tensor:
-        var_a = (self.sq_a / self.count - (self.sum_a / self.count) ** 2).clamp_min(0)
-        var_b = (self.sq_b / self.count - (self.sum_b / self.count) ** 2).clamp_min(0)
-        return self.cross_covariance() / (torch.outer(var_a.sqrt(), var_b.sqrt()) + 1e-12)
-
-    def regression(self, ridge: float = 1e-6) -> Tensor:
-        """T minimising E||x_a - T x_b||^2 over centred activations: Cov_ab Cov_bb^-1."""
-        mean_b = self.sum_b / self.count
-        cov_bb = self.bb / self.count - torch.outer(mean_b, mean_b)
-        cov_bb += ridge * cov_bb.diagonal().mean().clamp_min(1e-12) * torch.eye(cov_bb.shape[0], dtype=torch.float64)
-        return torch.linalg.solve(cov_bb, self.cross_covariance().T).T
-
-
-def activation_matching(
-    a: nn.Module,
-    b: nn.Module,
-    data: Iterable[tuple[Tensor, Tensor]],
-    *,
-    classes: Classes = ("permutation",),
-    max_batches: int | None = None,
-    progress: bool = False,
-) -> Alignment:
-    """Align B to A by matching each space's activations on ``data`` (one pass, streaming moments).
-
-    Permutation: assignment maximising the summed correlation of matched units; orthogonal:
-    Procrustes on the cross-covariance; invertible: least squares x_a ~ T x_b.
-    """
-    spec = _check_pair(a, b)
-    classes = classes if isinstance(classes, Mapping) else tuple(classes)
-    kinds = {
-        n: k
-        for n, s in spec.spaces.items()
-        if s.probe is not None and (k := _matched_kind(s, classes, ("permutation", "orthogonal", "invertible")))
-    }
-    moments = {n: _Moments(spec.spaces[n].size, kinds[n] == "invertible") for n in kinds}
-    captured: dict[tuple[str, str], Tensor] = {}
-    handles = []
-    for tag, model in (("a", a), ("b", b)):
-        for name in kinds:
-            module = model.get_submodule(spec.spaces[name].probe)
-            hook = lambda _m, _i, out, key=(tag, name): captured.__setitem__(key, out)  # noqa: E731
-            handles.append(module.register_forward_hook(hook))
-    device = next(a.parameters()).device
-    try:
-        with evaluating(a, b), torch.no_grad():
-            for index, (x, _) in enumerate(tqdm(data, disable=not progress, desc="activation statistics")):
-                if max_batches is not None and index >= max_batches:
-                    break
-                a(x.to(device)), b(x.to(device))
-                for name, stats in moments.items():
-                    stats.update(captured[("a", name)], captured[("b", name)])
-    finally:
-        for handle in handles:
-            handle.remove()
-    if any(stats.count == 0 for stats in moments.values()):
-        raise ValueError("activation_matching: data yielded no batches")
-    transforms: dict[str, Transform] = {}
-    for name, kind in kinds.items():
-        stats = moments[name]
-        if kind == "permutation":
-            transforms[name] = solve_assignment(stats.correlation())
-        elif kind == "orthogonal":
-            transforms[name] = Orthogonal.nearest(stats.cross_covariance())
-        else:
-            transforms[name] = Invertible(stats.regression())
-    return Alignment(transforms, spec)
+    return Alignment(state.transforms, spec, tuple(history))

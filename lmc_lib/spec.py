@@ -9,6 +9,8 @@ An :class:`Axis` names a slice of one dimension of one ``state_dict`` tensor:
 lets one coordinate of a space own several consecutive entries (an attention head owns
 ``head_dim`` rows of the query weight); ``start``/``length`` select one part of a fused tensor
 (the query rows of a fused qkv weight).
+
+A :class:`Probe` names where activations carry a space's coordinates (for activation matching).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from .symmetry import CLASS_ORDER
 
-__all__ = ["Axis", "Circuit", "Space", "SymmetrySpec", "flatten_axis"]
+__all__ = ["Axis", "Circuit", "Probe", "Space", "SymmetrySpec", "flatten_axis"]
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,34 @@ class Circuit:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """Activations that carry a space's coordinates: the output of ``module`` (its first input when
+    ``inputs``), entries [start, start + length) of the last dimension, one row per example or token.
+
+    Entries come in blocks of width / size per coordinate (a head's ``head_dim`` outputs).
+    ``role="write"`` activations transform like the space's writers, x -> T x (queries, a head's
+    outputs); ``role="read"`` ones like its readers, x -> T^-T x (keys, the other factor of QK).
+    """
+
+    module: str
+    inputs: bool = False
+    start: int = 0
+    length: int | None = None
+    role: str = "write"
+
+    def __post_init__(self) -> None:
+        if self.role not in ("write", "read"):
+            raise ValueError(f"probe of {self.module!r}: role must be 'write' or 'read', got {self.role!r}")
+
+
+@dataclass(frozen=True)
 class Space:
     """A set of ``size`` coordinates written by ``writes`` and read by ``reads``.
 
     ``probe`` names the module whose output carries this space in its last dimension (used by
-    activation matching); ``None`` when no single module output does. ``circuits``, when given,
-    are what weight matching compares for this space instead of the raw writer/reader rows.
+    activation matching), or gives :class:`Probe` s (several: their rows are pooled, e.g. the
+    residual stream after every block); ``None`` when no module output does. ``circuits``, when
+    given, are what weight matching compares for this space instead of the raw writer/reader rows.
     """
 
     name: str
@@ -70,7 +94,7 @@ class Space:
     classes: tuple[str, ...]
     writes: tuple[Axis, ...]
     reads: tuple[Axis, ...]
-    probe: str | None = None
+    probe: str | Probe | tuple[str | Probe, ...] | None = None
     circuits: tuple[Circuit, ...] = ()
     #: the kind of space ("hidden", "residual", "heads", "mlp", "qk", "ov"), so that callers can choose
     #: classes per kind: ``classes={"residual": ("orthogonal",), "heads": ("permutation",)}``
@@ -78,6 +102,10 @@ class Space:
     #: False where the architecture fixes the size (the width of one attention head): transforms
     #: of such a space must be square, and ``random_transform(expand=...)`` leaves it at its size
     resizable: bool = True
+    #: True when the tensors that no other space touches pin this space down on their own (the
+    #: embeddings and the head pin the residual stream): the first sweep of weight matching solves
+    #: it from them alone, since the other spaces of its remaining tensors are not aligned yet
+    anchored: bool = False
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.classes if c not in CLASS_ORDER]
@@ -87,6 +115,12 @@ class Space:
     @property
     def axes(self) -> tuple[Axis, ...]:
         return self.writes + self.reads
+
+    @property
+    def probes(self) -> tuple[Probe, ...]:
+        """``probe`` as a tuple of :class:`Probe` (a module name is its whole output)."""
+        given = self.probe if isinstance(self.probe, tuple) else () if self.probe is None else (self.probe,)
+        return tuple(Probe(p) if isinstance(p, str) else p for p in given)
 
     def most_general(self, allowed: Iterable[str] | Mapping[str, Iterable[str]]) -> str | None:
         """The most general class that this space admits and ``allowed`` contains, or None.
@@ -106,6 +140,9 @@ class SymmetrySpec:
     family: str
     spaces: Mapping[str, Space]
     invariant: tuple[str, ...] = ()
+    #: how many sweeps weight matching makes by default (None: until no space improves, at most 100);
+    #: Transformers: 5, where the paper's orthogonal residual converges
+    rounds: int | None = None
     _by_param: Mapping[str, tuple[tuple[str, Axis, str], ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -149,6 +186,18 @@ class SymmetrySpec:
         loose = [k for k, v in state.items() if v.is_floating_point() and k not in touched]
         if loose:
             raise ValueError(f"{self.family} spec: floating tensors in no space and not declared invariant: {loose}")
+
+    def overlapping(self, name: str) -> tuple[str, ...]:
+        """The other spaces acting on some of the same entries as ``name`` (same tensor and dimension,
+        intersecting slices), in spec order: their transforms and this one's do not commute."""
+        end = lambda a: float("inf") if a.length is None else a.start + a.length  # noqa: E731
+        found = {
+            other
+            for axis in self.spaces[name].axes
+            for other, o, _ in self.axes_of(axis.param)
+            if other != name and o.dim == axis.dim and o.start < end(axis) and axis.start < end(o)
+        }
+        return tuple(n for n in self.spaces if n in found)
 
     def sizes(self) -> dict[str, int]:
         return {name: space.size for name, space in self.spaces.items()}

@@ -86,7 +86,10 @@ def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total: int)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _fit(model: nn.Module, data: TensorData, config: TrainConfig, seed: int, progress: bool) -> None:
+def _fit(
+    model: nn.Module, data: TensorData, config: TrainConfig, seed: int, progress: bool, device: torch.device | str | None
+) -> None:
+    model.to(device)  # before the optimizer is built: it holds the parameters
     optimizer = _optimizer(model, config)
     steps_per_epoch = -(-len(data) // config.batch_size)
     scheduler = _schedule(optimizer, config, config.epochs * steps_per_epoch)
@@ -94,6 +97,7 @@ def _fit(model: nn.Module, data: TensorData, config: TrainConfig, seed: int, pro
     bar = tqdm(range(config.epochs), disable=not progress, desc=f"train seed {seed}", leave=False)
     for epoch in bar:
         for x, y in data.batches(config.batch_size, shuffle=True, seed=seed * 100_003 + epoch):
+            x, y = x.to(device), y.to(device)
             loss = cross_entropy(_logits(model(x)), y)[y != -100].mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
@@ -114,11 +118,13 @@ def train(
     cache_key: str | None = None,
     cache: str | os.PathLike | None = None,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> nn.Module:
     """Build a model with ``build()`` under ``seed`` and train a copy of it on ``data`` with mean cross-entropy.
 
     With ``cache_key`` (a string that identifies the architecture, e.g. ``repr(MLPConfig(...))``)
-    the trained weights are loaded from, or saved to, the cache folder.
+    the trained weights are loaded from, or saved to, the cache folder. The model is trained on,
+    and returned on, ``device`` (default: where ``build()`` puts it).
     """
     path = None
     if cache_key is not None:
@@ -129,8 +135,8 @@ def train(
         model = copy.deepcopy(build())  # a model that build() hands back from outside stays untouched
         if path is not None and path.exists():
             model.load_state_dict(load_file(str(path)))
-            return model.eval()
-        _fit(model, data, config, seed, progress)
+            return model.to(device).eval()
+        _fit(model, data, config, seed, progress, device)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

@@ -213,3 +213,81 @@ def test_matchers_leave_their_inputs_untouched():
     assert same_state(a, a_copy) and same_state(b, b_copy)
     assert {tag: [m.training for m in model.modules()] for tag, model in (("a", a), ("b", b))} == flags
     assert all(not m._forward_hooks for model in (a, b) for m in model.modules()), "hooks left behind"
+
+
+# -- Transformers: the paper's weight matching, activation matching, explicit invertible maps ----
+
+from test_models_gpt2 import gpt2, tokens  # noqa: E402
+from test_models_vit import images, vit  # noqa: E402
+
+PAPER = {"residual": ("orthogonal",), "heads": ("permutation",), "mlp": ("permutation",)}
+INSIDE_HEADS = {**PAPER, "qk": ("invertible",), "ov": ("invertible",)}
+TRANSFORMERS = [(gpt2, dict(n_embd=16, n_layer=2, n_head=2, n_inner=24)), (vit, dict(embed_dim=16, depth=2, num_heads=2))]
+
+
+def transformer_data(build, model, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    if build is gpt2:
+        return [(x[:, :-1], x[:, 1:]) for x in (tokens(generator, 6, 11) for _ in range(n))]
+    return [(images(model, generator, 8), torch.randint(0, 5, (8,), generator=generator)) for _ in range(n)]
+
+
+def planted_transformer(build, config, classes, seed: int = 0):
+    a = build(config, 0)
+    generator = torch.Generator().manual_seed(seed)
+    return a, lmc.transform(a, lmc.random_transform(lmc.spec_for(a), classes, generator))
+
+
+@pytest.mark.parametrize("build, config", TRANSFORMERS, ids=["gpt2", "vit"])
+@pytest.mark.parametrize("planted", [PAPER, INSIDE_HEADS], ids=["paper", "inside-heads"])
+def test_transformer_matching_recovers_a_planted_transform(build, config, planted):
+    """B = A under a random orthogonal residual map, permutations of heads and MLP units (and random
+    invertible maps inside every head): weight and activation matching with the same classes recover A."""
+    a, b = planted_transformer(build, config, planted)
+    data = transformer_data(build, a)
+    for alignment in (lmc.weight_matching(a, b, classes=planted), lmc.activation_matching(a, b, data, classes=planted)):
+        kinds = {lmc.spec_for(a).spaces[n].group: t.kind for n, t in alignment.transforms.items()}
+        assert kinds == {g: c[0] for g, c in planted.items()}
+        aligned = alignment.apply(b)
+        assert_same_weights(aligned, a, rtol=1e-4, atol=1e-4)
+        assert abs(lmc.barrier(a, aligned, data, lambdas=5, progress=False).barrier) < 1e-5
+
+
+@pytest.mark.parametrize("build, config", TRANSFORMERS, ids=["gpt2", "vit"])
+def test_permutation_only_residual_recovers_a_planted_permutation(build, config):
+    classes = {**PAPER, "residual": ("permutation",)}
+    a, b = planted_transformer(build, config, classes, seed=2)
+    alignment = lmc.weight_matching(a, b, classes=classes)
+    assert alignment.transforms["residual"].kind == "permutation"
+    assert_same_weights(alignment.apply(b), a)
+
+
+def test_transformer_weight_matching_runs_the_family_rounds():
+    """Five sweeps by default (the spec's rounds), more when asked; the gain never falls after the
+    first sweep, which solves the residual from the embeddings and the head alone."""
+    config = TRANSFORMERS[1][1]
+    a, b = vit(config, 0), vit(config, 1)
+    assert lmc.spec_for(a).rounds == 5
+    default = lmc.weight_matching(a, b, classes=PAPER)
+    longer = lmc.weight_matching(a, b, classes=PAPER, max_iter=8)
+    assert len(default.history) == 5 and len(longer.history) == 8  # these two keep improving
+    assert longer.history[:5] == default.history
+    assert all(later > earlier for earlier, later in zip(longer.history[1:], longer.history[2:]))
+
+
+def test_heads_overlap_the_spaces_inside_them():
+    spec = lmc.spec_for(gpt2(TRANSFORMERS[0][1], 0))
+    inside = [f"transformer.h.0.attn.head{i}.{kind}" for i in range(2) for kind in ("qk", "ov")]
+    assert set(spec.overlapping("transformer.h.0.attn.heads")) == set(inside)
+    assert spec.overlapping("transformer.h.0.attn.head0.qk") == ("transformer.h.0.attn.heads",)
+    assert spec.overlapping("transformer.h.0.mlp") == ()
+
+
+def test_fit_invertible_is_exact_on_a_planted_map():
+    generator = torch.Generator().manual_seed(0)
+    planted = lmc.Invertible.random(5, generator, spread=1.0)
+    writers, readers = torch.randn(5, 9, generator=generator, dtype=torch.float64), torch.randn(5, 7, generator=generator, dtype=torch.float64)
+    # A's writers are T B's, A's readers T^-T B's
+    writers_a, readers_a = planted.matrix @ writers, planted.read_matrix.T @ readers
+    found = lmc.fit_invertible(writers_a @ writers.T + readers_a @ readers.T, writers @ writers.T, readers_a @ readers_a.T)
+    torch.testing.assert_close(found.matrix, planted.matrix, rtol=1e-7, atol=1e-7)

@@ -2,7 +2,7 @@
 
 import torch
 
-from lmc_lib.matching import _weight_score, solve_assignment
+from lmc_lib.matching import _WeightState, solve_assignment
 from lmc_lib.spec import Axis, Circuit, Space, SymmetrySpec
 from lmc_lib.symmetry import Invertible, Permutation
 from lmc_lib.transform import transform_state
@@ -46,6 +46,11 @@ def _state(generator: torch.Generator) -> dict[str, torch.Tensor]:
     }
 
 
+def _score(spec: SymmetrySpec, state_a: dict, state_b: dict) -> torch.Tensor:
+    """Weight matching's score of the heads space, no other space matched."""
+    return _WeightState(spec, {"heads": "permutation"}, state_a, state_b, torch.float64).statistics("heads").cross
+
+
 def _circuits(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Materialised (H, D+1, D+1) QK circuits and (H, D, D) OV circuits."""
     q = torch.cat([state["q.weight"], state["q.bias"][:, None]], 1).view(H, D_HEAD, D + 1)
@@ -58,7 +63,7 @@ def _circuits(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
 def test_circuit_score_equals_inner_products_of_materialised_circuits(generator):
     spec = _heads_spec()
     state_a, state_b = _state(generator), _state(generator)
-    score = _weight_score(spec.spaces["heads"], state_a, state_b, spec, {}, {})
+    score = _score(spec, state_a, state_b)
     (qk_a, ov_a), (qk_b, ov_b) = _circuits(state_a), _circuits(state_b)
     expected = torch.einsum("ixy,jxy->ij", qk_a, qk_b) + torch.einsum("ixy,jxy->ij", ov_a, ov_b)
     torch.testing.assert_close(score, expected)
@@ -72,7 +77,7 @@ def test_head_permutation_recovered_through_invertible_scrambling(generator):
     planted = Permutation.random(H, generator)
     scramble = {f"{kind}{h}": Invertible.random(D_HEAD, generator) for kind in ("qk", "ov") for h in range(H)}
     state_b = transform_state(transform_state(state_a, spec, {"heads": planted}), spec, scramble)
-    found = solve_assignment(_weight_score(spec.spaces["heads"], state_a, state_b, spec, {}, {}))
+    found = solve_assignment(_score(spec, state_a, state_b))
     assert torch.equal(found.indices, planted.inverse().indices)
     aligned = transform_state(state_b, spec, {"heads": found})
     for circuit_a, circuit_b in zip(_circuits(state_a), _circuits(aligned)):

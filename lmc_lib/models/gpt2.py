@@ -31,6 +31,7 @@ from .transformer import (
     resize_norms,
     residual_width,
     transformer_spec,
+    widen_heads,
 )
 
 __all__ = ["gpt2_layout"]
@@ -141,7 +142,7 @@ def _sync_sizes(model: nn.Module, width: int, head_dim: int, eps_ratio: float) -
     core = _core(model)
     for block in core.h:
         attn = block.attn
-        attn.embed_dim, attn.head_dim, attn.split_size = width, head_dim, width
+        attn.embed_dim, attn.head_dim, attn.split_size = width, head_dim, attn.num_heads * head_dim
         attn.scaling = _attention_scaling(attn, head_dim)
     core.embed_dim = width
     widths = {block.mlp.c_fc.nf for block in core.h}
@@ -170,6 +171,20 @@ def rebuild_gpt2(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
     return new
 
 
+def widen_gpt2_heads(model: nn.Module, factor: int) -> nn.Module:
+    """The same function with every head ``factor`` times wider (zero rows; the queries carry the change
+    of the attention scale). The config still says n_embd / n_head: rebuild such a model from its
+    state dict, not from its config."""
+    layout = gpt2_layout(model)
+    head_dim = factor * (layout.blocks[0].head_dim if layout.blocks else model.config.n_embd // model.config.n_head)
+    exponent = 0.5 if model.config.scale_attn_weights else 0.0
+    state = widen_heads(model.state_dict(), layout, [head_dim] * len(layout.blocks), scale_exponent=exponent)
+    new = load_state(model, state)
+    _sync_sizes(new, layout.width, head_dim, 1.0)
+    return new
+
+
 register_family(
-    Family(name="hf-gpt2", accepts=_is_gpt2, spec=gpt2_spec, rebuild=rebuild_gpt2, canonicalize=canonicalize_gpt2)
+    Family(name="hf-gpt2", accepts=_is_gpt2, spec=gpt2_spec, rebuild=rebuild_gpt2, canonicalize=canonicalize_gpt2,
+           widen_heads=widen_gpt2_heads)
 )

@@ -19,15 +19,17 @@ from torch import Tensor, nn
 
 from ..canonical import RMSNorm, center, fold_norm, pad_heads, replace_module, scale_heads
 from ..family import load_state
-from ..spec import Axis, Circuit, Space, SymmetrySpec
+from ..spec import Axis, Circuit, Probe, Space, SymmetrySpec
 
 __all__ = [
     "Projection", "Block", "Layout", "mlp_classes", "is_canonical", "transformer_spec", "canonicalize_layout",
-    "block_heads", "lift_residual", "residual_width", "resize_norms",
+    "block_heads", "widen_heads", "lift_residual", "residual_width", "resize_norms",
 ]
 
 #: inside a head only the products q k^T and v o matter: any invertible map of its coordinates
 INSIDE_HEAD = ("permutation", "orthogonal", "invertible")
+#: weight-matching sweeps: the paper's orthogonal residual converges in about five
+ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -126,30 +128,39 @@ def is_canonical(model: nn.Module, layout: Layout) -> bool:
 
 
 def _attention_spaces(block: Block) -> list[Space]:
-    """Heads (H coordinates of head_dim rows of q, k, v and columns of out), then QK and OV inside each head."""
+    """Heads (H coordinates of head_dim rows of q, k, v and columns of out), then QK and OV inside each head.
+
+    Probes: a head's outputs are the out-projection's input (blocks of head_dim); inside head i,
+    its queries write QK and its keys read it, its outputs write OV.
+    """
     h, d = block.heads, block.head_dim
     q, k, v = (block.qkv.outputs(part * h * d, h * d, d) for part in range(3))
     o = block.out.inputs(block=d)
     spaces = [
-        Space(f"{block.attention}.heads", h, block.head_classes, q + k + v, o,
+        Space(f"{block.attention}.heads", h, block.head_classes, q + k + v, o, probe=Probe(block.out.module, inputs=True),
               circuits=(Circuit(q, k), Circuit(o, v)), group="heads")
     ]
     for i in range(h):
+        queries = Probe(block.qkv.module, start=i * d, length=d)
+        keys = Probe(block.qkv.module, start=(h + i) * d, length=d, role="read")
         spaces.append(Space(f"{block.attention}.head{i}.qk", d, INSIDE_HEAD, block.qkv.outputs(i * d, d),
-                            block.qkv.outputs((h + i) * d, d), group="qk", resizable=False))
+                            block.qkv.outputs((h + i) * d, d), probe=(queries, keys), group="qk", resizable=False))
         spaces.append(Space(f"{block.attention}.head{i}.ov", d, INSIDE_HEAD, block.qkv.outputs((2 * h + i) * d, d),
-                            block.out.inputs(i * d, d), group="ov", resizable=False))
+                            block.out.inputs(i * d, d), probe=Probe(block.out.module, inputs=True, start=i * d, length=d),
+                            group="ov", resizable=False))
     return spaces
 
 
 def _residual_space(model: nn.Module, layout: Layout) -> Space:
     """Written by the embeddings, every attention and MLP output (and LayerNorm gains and shifts, which
-    permute with it); read by every projection after a norm. Orthogonal only in canonical form."""
+    permute with it); read by every projection after a norm. Orthogonal only in canonical form.
+    Probed after every block; anchored by the embeddings and the head."""
     norm_params = tuple(Axis(f"{n}.{p}", 0) for n in layout.norms for p, _ in model.get_submodule(n).named_parameters())
     reads = tuple(a for _, p in layout.readers() for a in p.inputs())
     classes = ("permutation", "orthogonal") if is_canonical(model, layout) else ("permutation",)
-    probe = layout.blocks[-1].name if layout.blocks else None
-    return Space("residual", layout.width, classes, layout.writers() + norm_params, reads, probe=probe, group="residual")
+    probes = tuple(block.name for block in layout.blocks) or None
+    return Space("residual", layout.width, classes, layout.writers() + norm_params, reads, probe=probes,
+                 group="residual", anchored=True)
 
 
 def transformer_spec(model: nn.Module, layout: Layout) -> SymmetrySpec:
@@ -166,7 +177,7 @@ def transformer_spec(model: nn.Module, layout: Layout) -> SymmetrySpec:
         invariant += tuple(dict.fromkeys(a.param for a in residual.axes if a.param not in inner))
     else:
         spaces.insert(0, residual)
-    return SymmetrySpec(layout.family, {s.name: s for s in spaces}, invariant)
+    return SymmetrySpec(layout.family, {s.name: s for s in spaces}, invariant, rounds=ROUNDS)
 
 
 def _canonical_state(model: nn.Module, layout: Layout) -> dict[str, Tensor]:
@@ -214,20 +225,13 @@ def block_heads(state: dict[str, Tensor], block: Block) -> int:
     return state[block.qkv.weight_name].shape[block.qkv.out_dim] // (3 * block.head_dim)
 
 
-def lift_residual(
-    state: dict[str, Tensor], layout: Layout, width: int, head_dims: Sequence[int], *, scale_exponent: float
+def widen_heads(
+    state: dict[str, Tensor], layout: Layout, head_dims: Sequence[int], *, scale_exponent: float
 ) -> dict[str, Tensor]:
-    """Finish lifting the residual from ``layout.width`` = N to ``width`` = M after O (M x N) was applied.
-
-    RMSNorm_M(O x) = O RMSNorm_N(x) / c with c = sqrt(N / M) once eps is scaled by N / M (the
-    caller scales eps), so every reader W O^T is multiplied by c (paper, App. E). Heads are then
-    widened with zero rows to ``head_dims`` (one per block), and the queries multiplied by
-    (new / old head_dim) ** scale_exponent so that a 1 / sqrt(head_dim) attention scale is kept.
-    """
-    c = math.sqrt(layout.width / width)
+    """``state`` (float64) with the heads of each block widened with zero rows to ``head_dims`` (one
+    per block) and the queries multiplied by (new / old head_dim) ** scale_exponent, so that an
+    attention scale of head_dim ** -scale_exponent is kept: the same function, wider heads."""
     state = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
-    for _, reader in layout.readers():
-        state[reader.weight_name] = state[reader.weight_name] * c
     for block, new_dim in zip(layout.blocks, head_dims):
         if new_dim == block.head_dim:
             continue
@@ -239,6 +243,22 @@ def lift_residual(
         for axis in block.out.inputs():
             state[axis.param] = pad_heads(state[axis.param], axis.dim, block.head_dim, new_dim)
     return state
+
+
+def lift_residual(
+    state: dict[str, Tensor], layout: Layout, width: int, head_dims: Sequence[int], *, scale_exponent: float
+) -> dict[str, Tensor]:
+    """Finish lifting the residual from ``layout.width`` = N to ``width`` = M after O (M x N) was applied.
+
+    RMSNorm_M(O x) = O RMSNorm_N(x) / c with c = sqrt(N / M) once eps is scaled by N / M (the
+    caller scales eps), so every reader W O^T is multiplied by c (paper, App. E). Heads are then
+    widened to ``head_dims`` (:func:`widen_heads`).
+    """
+    c = math.sqrt(layout.width / width)
+    state = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
+    for _, reader in layout.readers():
+        state[reader.weight_name] = state[reader.weight_name] * c
+    return widen_heads(state, layout, head_dims, scale_exponent=scale_exponent)
 
 
 def residual_width(state: dict[str, Tensor], layout: Layout) -> int:

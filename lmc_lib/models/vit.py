@@ -27,6 +27,7 @@ from .transformer import (
     resize_norms,
     residual_width,
     transformer_spec,
+    widen_heads,
 )
 
 __all__ = ["vit_layout"]
@@ -161,4 +162,15 @@ def rebuild_vit(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
     return new
 
 
-register_family(Family(name="timm-vit", accepts=_is_vit, spec=vit_spec, rebuild=rebuild_vit, canonicalize=canonicalize_vit))
+def widen_vit_heads(model: nn.Module, factor: int) -> nn.Module:
+    """The same function with every head ``factor`` times wider (zero rows, queries times sqrt(factor)
+    so that the attention scale stays 1 / sqrt(old head_dim))."""
+    layout = vit_layout(model)
+    head_dims = [factor * b.head_dim for b in layout.blocks]
+    new = load_state(model, widen_heads(model.state_dict(), layout, head_dims, scale_exponent=0.5))
+    _sync_sizes(new, layout.width, head_dims)
+    return new
+
+
+register_family(Family(name="timm-vit", accepts=_is_vit, spec=vit_spec, rebuild=rebuild_vit, canonicalize=canonicalize_vit,
+                       widen_heads=widen_vit_heads))

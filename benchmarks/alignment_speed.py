@@ -1,0 +1,135 @@
+"""Time weight matching of two GPT-2-small-shaped models, and the barrier of a chapter-8-like pair.
+
+1. ``lmc.weight_matching`` with the paper's classes (orthogonal residual, permutations of heads
+   and MLP units), 5 rounds, on two canonical GPT-2s of GPT-2 small's shape (12 layers, width 768,
+   12 heads, MLP 3072, vocabulary 50257, untied; random weights: the cost does not depend on them).
+   Reference: the paper's public code takes 464 s and peaks at 12 GB on this shape. Round 1 is
+   timed in a run of its own (it also computes the embeddings' constant part once); the later
+   rounds are the difference to the 5-round run. Peak memory is the process's resident high-water
+   mark (VmHWM) during the matching, models included, reset before it (after handing the memory
+   freed while building the models back to the system). The machine's load, one 3072 x 3072
+   assignment and a float32 matrix product are timed too, to compare machines.
+2. ``lmc.barrier`` of a chapter-8-like pair (6 layers, width 256, 4 heads, MLP 1024, character
+   vocabulary, context 256) over K = 11 lambdas on the test split of Tiny Shakespeare, stacked
+   (vmap) against one interpolated model per lambda (strategy="loop"); both must agree to 1e-5.
+
+    LMC_DATA_DIR=../shared/data python benchmarks/alignment_speed.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import lmc_lib as lmc
+
+PAPER_CLASSES = {"residual": ("orthogonal",), "heads": ("permutation",), "mlp": ("permutation",)}
+GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_inner=3072, vocab_size=50257, n_positions=1024)
+CHAPTER_8 = dict(n_layer=6, n_embd=256, n_head=4, n_inner=1024, n_positions=256)
+
+
+def gpt2(config: dict, seed: int) -> torch.nn.Module:
+    """A canonical, untied GPT-2 of ``config`` with random weights from ``seed``."""
+    torch.manual_seed(seed)
+    made = GPT2Config(**config, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    return lmc.canonicalize(GPT2LMHeadModel(made).eval())
+
+
+def resident_gib(field: str = "VmHWM") -> float:
+    """This process's resident memory now (VmRSS) or its high-water mark (VmHWM), GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reset_peak() -> None:
+    """Return freed memory to the system (glibc), then start a new VmHWM from the current resident size."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the high-water mark
+
+
+def timed(run):
+    start = time.perf_counter()
+    result = run()
+    return result, time.perf_counter() - start
+
+
+def machine() -> str:
+    """Load average, one 3072 x 3072 assignment and the float32 matrix-product rate of this machine, now."""
+    score = np.random.default_rng(0).standard_normal((3072, 3072))
+    _, assignment = timed(lambda: linear_sum_assignment(score, maximize=True))
+    x = torch.randn(3072, 1536)
+    _, product = timed(lambda: x @ x.T)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    rate = 2 * 3072**2 * 1536 / product / 1e9
+    return f"load average {load}; one 3072 x 3072 assignment {assignment:.2f} s; float32 matrix products {rate:.0f} GFLOP/s"
+
+
+def weight_matching_speed(rounds: int, dtype: torch.dtype) -> None:
+    a, b = gpt2(GPT2_SMALL, 0), gpt2(GPT2_SMALL, 1)
+    params = sum(p.numel() for p in a.parameters())
+    print(f"GPT-2 small shape: {params / 1e6:.1f}M parameters per model, scores in {dtype}")
+    reset_peak()
+    resident = resident_gib("VmRSS")
+    match = lambda n: lmc.weight_matching(a, b, classes=PAPER_CLASSES, max_iter=n, score_dtype=dtype)  # noqa: E731
+    first, first_seconds = timed(lambda: match(1))
+    alignment, total = timed(lambda: match(rounds))
+    peak = resident_gib()
+    later = (total - first_seconds) / max(len(alignment.history) - 1, 1)
+    print(f"weight matching, {len(alignment.history)} rounds: {total:.1f} s (round 1 {first_seconds:.1f} s, "
+          f"later rounds {later:.1f} s each); peak resident {peak:.2f} GiB, {resident:.2f} GiB before (the models)")
+    print("objective after each round:", ", ".join(f"{h:.4g}" for h in alignment.history))
+    assert first.history[0] == alignment.history[0], "round 1 differs between the two runs"
+
+
+def barrier_speed(lambdas: int, batch_size: int, windows: int | None) -> None:
+    test, vocabulary = lmc.tiny_shakespeare("test", block_size=CHAPTER_8["n_positions"])
+    test = test if windows is None else test.subset(windows)
+    config = {**CHAPTER_8, "vocab_size": len(vocabulary)}
+    a, b = gpt2(config, 0), gpt2(config, 1)
+    data = test.batches(batch_size)
+    fast, fast_seconds = timed(lambda: lmc.barrier(a, b, data, lambdas=lambdas, progress=False))
+    slow, slow_seconds = timed(lambda: lmc.barrier(a, b, data, lambdas=lambdas, strategy="loop", progress=False))
+    error = float(np.abs(fast.losses - slow.losses).max())
+    if error > 1e-5:
+        raise AssertionError(f"vmap and loop barriers disagree by {error:.2e}")
+    tokens = test.targets.numel()
+    print(f"barrier, K = {lambdas}, {len(test)} test windows ({tokens} tokens): vmap {fast_seconds:.1f} s, "
+          f"loop {slow_seconds:.1f} s, speed-up {slow_seconds / fast_seconds:.2f}x, max |loss difference| {error:.1e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="weight-matching score dtype")
+    parser.add_argument("--lambdas", type=int, default=11)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--windows", type=int, default=None, help="use only the first test windows (default: all)")
+    parser.add_argument("--skip", choices=["matching", "barrier"], default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {args.threads} threads, {cpu}, {os.cpu_count()} CPUs")
+    print(machine())
+    if args.skip != "matching":
+        weight_matching_speed(args.rounds, getattr(torch, args.dtype))
+    if args.skip != "barrier":
+        barrier_speed(args.lambdas, args.batch_size, args.windows)
+
+
+if __name__ == "__main__":
+    main()

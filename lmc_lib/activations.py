@@ -1,0 +1,189 @@
+"""Activation matching: align model B to model A from their activations on data.
+
+Streaming first and second moments of every probed space in both models (``Space.probes``), then
+assignment on correlations (permutations; canonical correlations for blocks such as a head's
+outputs), Procrustes on the cross-covariance (orthogonal) or least squares (invertible). The
+paper's baseline for Transformers probes the residual stream after every block, each head's
+outputs and the MLP's hidden units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .barrier import evaluating
+from .matching import Alignment, Classes, _check_pair, fit_invertible, matched_kind, solve_assignment
+from .spec import Space, SymmetrySpec
+from .symmetry import Orthogonal, Transform
+from .transform import transform
+
+__all__ = ["activation_matching"]
+
+
+class _Moments:
+    """Streaming sums of one space's activations in A and B: means, variances, cross moment, Grams."""
+
+    def __init__(self, n: int, grams: bool) -> None:
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
+        self.count = 0
+        self.sum_a, self.sum_b, self.sq_a, self.sq_b, self.ab = zeros(n), zeros(n), zeros(n), zeros(n), zeros(n, n)
+        self.aa, self.bb = (zeros(n, n), zeros(n, n)) if grams else (None, None)
+
+    def update(self, x_a: Tensor, x_b: Tensor) -> None:
+        x_a = x_a.detach().reshape(-1, x_a.shape[-1]).double().cpu()
+        x_b = x_b.detach().reshape(-1, x_b.shape[-1]).double().cpu()
+        self.count += x_a.shape[0]
+        self.sum_a += x_a.sum(0)
+        self.sum_b += x_b.sum(0)
+        self.sq_a += (x_a * x_a).sum(0)
+        self.sq_b += (x_b * x_b).sum(0)
+        self.ab += x_a.T @ x_b
+        if self.aa is not None:
+            self.aa += x_a.T @ x_a
+            self.bb += x_b.T @ x_b
+
+    def _centred(self, moment: Tensor, first: Tensor, second: Tensor) -> Tensor:
+        return moment / self.count - torch.outer(first, second) / self.count**2
+
+    def cross_covariance(self) -> Tensor:
+        return self._centred(self.ab, self.sum_a, self.sum_b)
+
+    def covariances(self) -> tuple[Tensor, Tensor]:
+        return self._centred(self.aa, self.sum_a, self.sum_a), self._centred(self.bb, self.sum_b, self.sum_b)
+
+    def correlation(self) -> Tensor:
+        var_a = (self.sq_a / self.count - (self.sum_a / self.count) ** 2).clamp_min(0)
+        var_b = (self.sq_b / self.count - (self.sum_b / self.count) ** 2).clamp_min(0)
+        return self.cross_covariance() / (torch.outer(var_a.sqrt(), var_b.sqrt()) + 1e-12)
+
+    def canonical_correlations(self, size: int) -> Tensor:
+        """score[i, j] = the summed canonical correlations of A's block i and B's block j (blocks of
+        n / size activations): the nuclear norm of Cov_aa,i^-1/2 Cov_ab,ij Cov_bb,j^-1/2, unchanged by
+        invertible maps inside a block (a head's outputs are only defined up to one)."""
+        block = self.ab.shape[0] // size
+        whiten = [_inverse_sqrt(torch.stack([c[i:i + block, i:i + block] for i in range(0, size * block, block)]))
+                  for c in self.covariances()]
+        cross = self.cross_covariance().view(size, block, size, block).transpose(1, 2)
+        return torch.linalg.svdvals(whiten[0][:, None] @ cross @ whiten[1][None]).sum(-1)
+
+
+def _inverse_sqrt(covariances: Tensor, ridge: float = 1e-9) -> Tensor:
+    """C^-1/2 of each (block x block) covariance, with a relative ridge for flat directions."""
+    values, vectors = torch.linalg.eigh(covariances)
+    values = values.clamp_min(0) + ridge * values.mean(-1, keepdim=True).clamp_min(1e-300)
+    return vectors @ torch.diag_embed(values.rsqrt()) @ vectors.transpose(-1, -2)
+
+
+def _solve_activations(space: Space, kind: str, moments: Mapping[str, _Moments]) -> Transform:
+    """One space's transform from its moments (keyed by probe role)."""
+    if kind == "invertible":
+        write, read = moments["write"], moments.get("read")
+        cross = write.cross_covariance() + (read.cross_covariance() if read else 0)
+        gram_read_a = read.covariances()[0] if read else torch.zeros_like(cross)
+        return fit_invertible(cross, write.covariances()[1], gram_read_a, ridge=1e-8)
+    stats = moments["write"]
+    if kind == "orthogonal":
+        return Orthogonal.nearest(stats.cross_covariance())
+    blocked = stats.ab.shape[0] > space.size
+    return solve_assignment(stats.canonical_correlations(space.size) if blocked else stats.correlation())
+
+
+@contextmanager
+def _capturing(models: Mapping[str, nn.Module], modules: Iterable[tuple[str, bool]]) -> Iterator[dict[tuple, Tensor]]:
+    """Forward hooks keeping, for each (model tag, module name, inputs), the module's last output
+    (its first input when ``inputs``; the first element of a tuple)."""
+    captured: dict[tuple, Tensor] = {}
+
+    def hook(key, _module, args, out):
+        out = args[0] if key[2] else out
+        captured[key] = out[0] if isinstance(out, tuple) else out
+
+    handles = [model.get_submodule(module).register_forward_hook(partial(hook, (tag, module, inputs)))
+               for tag, model in models.items() for module, inputs in modules]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _record(moments: dict[str, _Moments], space: Space, kind: str, captured: Mapping[tuple, Tensor]) -> None:
+    """Add one batch of the space's probed activations to its moments (per role for invertible maps,
+    pooled otherwise: only invertible maps act differently on the two roles, T^-T = T otherwise)."""
+    for probe in space.probes:
+        x_a, x_b = (captured[(tag, probe.module, probe.inputs)] for tag in "ab")
+        end = x_a.shape[-1] if probe.length is None else probe.start + probe.length
+        role = probe.role if kind == "invertible" else "write"
+        grams = kind == "invertible" or (kind == "permutation" and end - probe.start > space.size)
+        moments.setdefault(role, _Moments(end - probe.start, grams)).update(x_a[..., probe.start:end], x_b[..., probe.start:end])
+
+
+def _match_activations(a: nn.Module, b: nn.Module, data, spec: SymmetrySpec, kinds: Mapping[str, str],
+                       max_batches: int | None, progress: bool) -> dict[str, Transform]:
+    """One pass over ``data``: the moments of every probe of the spaces in ``kinds``, then one solve each."""
+    modules = {(p.module, p.inputs) for n in kinds for p in spec.spaces[n].probes}
+    moments: dict[str, dict[str, _Moments]] = {n: {} for n in kinds}
+    device = next(a.parameters()).device
+    with _capturing({"a": a, "b": b}, modules) as captured, evaluating(a, b), torch.no_grad():
+        for index, (x, _) in enumerate(tqdm(data, disable=not progress, desc="activation statistics")):
+            if max_batches is not None and index >= max_batches:
+                break
+            a(x.to(device)), b(x.to(device))
+            for name, kind in kinds.items():
+                _record(moments[name], spec.spaces[name], kind, captured)
+    if any(not per_space for per_space in moments.values()):
+        raise ValueError("activation_matching: data yielded no batches")
+    return {name: _solve_activations(spec.spaces[name], kind, moments[name]) for name, kind in kinds.items()}
+
+
+def _stages(spec: SymmetrySpec, kinds: Mapping[str, str]) -> list[dict[str, str]]:
+    """Spaces grouped so that none acts on entries of a space in its own or a later group (a head's
+    inside comes after the heads): each group is matched on B aligned by the groups before it."""
+    order = list(spec.spaces)
+    depth: dict[str, int] = {}
+    for name in kinds:
+        earlier = [o for o in spec.overlapping(name) if o in kinds and order.index(o) < order.index(name)]
+        depth[name] = 1 + max((depth[o] for o in earlier), default=-1)
+    levels = range(max(depth.values(), default=-1) + 1)
+    return [{n: k for n, k in kinds.items() if depth[n] == level} for level in levels]
+
+
+def activation_matching(
+    a: nn.Module,
+    b: nn.Module,
+    data: Iterable[tuple[Tensor, Tensor]],
+    *,
+    classes: Classes = ("permutation",),
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> Alignment:
+    """Align B to A by matching each space's activations on ``data`` (streaming moments).
+
+    Every space with probes is observed on every batch; activations (batch, ..., width) count one
+    row per example or token, pooled over a space's probes (the residual stream after every block).
+    Permutation: assignment maximising the summed correlation of matched units, or, for blocks (a
+    head's outputs), the summed canonical correlations; orthogonal: Procrustes on the
+    cross-covariance; invertible: :func:`fit_invertible` on centred activations (x_a ~ T x_b for
+    writer probes, T^T y_a ~ y_b for reader probes: queries and keys). Spaces inside another (a
+    head's QK and OV inside the heads) take a second pass, on B aligned by the first.
+    """
+    spec = _check_pair(a, b)
+    classes = classes if isinstance(classes, Mapping) else tuple(classes)
+    kinds = {
+        n: k for n, s in spec.spaces.items()
+        if s.probes and (k := matched_kind(s, classes, ("permutation", "orthogonal", "invertible")))
+    }
+    stages = _stages(spec, kinds)
+    if len(stages) > 1 and not hasattr(data, "__len__") and iter(data) is data:
+        data = list(data)  # a one-shot iterator cannot be read once per stage
+    transforms: dict[str, Transform] = {}
+    for stage in stages or [{}]:
+        aligned = transform(b, transforms, spec=spec) if transforms else b
+        transforms |= _match_activations(a, aligned, data, spec, stage, max_batches, progress)
+    return Alignment(transforms, spec)
