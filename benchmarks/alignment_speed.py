@@ -13,7 +13,7 @@
    vocabulary, context 256) over K = 11 lambdas on the test split of Tiny Shakespeare, stacked
    (vmap) against one interpolated model per lambda (strategy="loop"); both must agree to 1e-5.
 
-    LMC_DATA_DIR=../shared/data python benchmarks/alignment_speed.py --threads 2
+    OMP_WAIT_POLICY=PASSIVE LMC_DATA_DIR=../shared/data python benchmarks/alignment_speed.py --threads 2
 """
 
 from __future__ import annotations
