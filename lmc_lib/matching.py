@@ -117,9 +117,7 @@ class _Statistics:
     gram_read_a: Tensor | None = None
     gram_read_b: Tensor | None = None
 
-    def __add__(self, other: _Statistics | None) -> _Statistics:
-        if other is None:
-            return self
+    def __add__(self, other: _Statistics) -> _Statistics:
         summed = (None if x is None else x + getattr(other, f.name) for f, x in zip(fields(self), vars(self).values()))
         return _Statistics(*summed)
 
@@ -134,6 +132,12 @@ class _Statistics:
         matrix, read = t.matrix, t.read_matrix  # T, T^-1
         return _Statistics(self.cross @ matrix.T, self.cross_read @ read, matrix @ self.gram_write_b @ matrix.T,
                            self.gram_read_a, read.T @ self.gram_read_b @ read)
+
+
+def _total(*parts: _Statistics | None) -> _Statistics | None:
+    """The sum of the parts that exist (None when none does)."""
+    present = [p for p in parts if p is not None]
+    return sum(present[1:], present[0]) if present else None
 
 
 def _objective(t: Transform, stats: _Statistics) -> float:
@@ -173,9 +177,10 @@ def _applied(tensor: Tensor, param: str, spec: SymmetrySpec, transforms: Mapping
 class _WeightState:
     """A's tensors and B' (B with the current transforms applied) for the tensors two matched spaces share.
 
-    A tensor that only one matched space touches adds a constant to that space's sums, computed
-    once from the raw tensors and moved along with the space's transform. Accepting a step
-    Delta of a space applies Delta to B' (T becomes Delta T): no tensor is transformed twice.
+    A tensor that only one matched space touches adds a constant to that space's sums: computed
+    from the raw tensors (once, when its product is no larger than the tensor, as for the
+    embeddings; else each time, as for a bias) and moved along with the space's transform.
+    Accepting a step Delta of a space applies Delta to B' (T becomes Delta T).
     """
 
     def __init__(self, spec: SymmetrySpec, kinds: Mapping[str, str], state_a: Mapping[str, Tensor],
@@ -198,7 +203,14 @@ class _WeightState:
             if later and not (spec.spaces[name].circuits and kinds[name] == "permutation"):
                 raise ValueError(f"weight matching: space {name!r} shares entries with the later space {later[0]!r}; "
                                  "only permutations of blocks compared by circuits (which the later ones leave invariant) may")
-        self.static = {n: self._sums(spec.spaces[n], lambda axis: axis.param not in self.shared) for n in kinds}
+        self.cached = {n: self._sums(spec.spaces[n], lambda axis: self._static(axis) and self._wide(n, axis)) for n in kinds}
+
+    def _static(self, axis: Axis) -> bool:
+        return axis.param not in self.shared
+
+    def _wide(self, name: str, axis: Axis) -> bool:
+        """True when the axis has at least as many features per coordinate as the space has coordinates."""
+        return flatten_axis(self.raw_a[axis.param], axis).shape[1] >= self.spec.spaces[name].size
 
     def _tensor(self, side: str, param: str) -> Tensor:
         cache, raw = (self.a, self.raw_a) if side == "a" else (self.b, self.raw_b)
@@ -221,12 +233,13 @@ class _WeightState:
 
     def anchors(self, name: str) -> _Statistics | None:
         """The sums of the tensors that no other matched space touches, in B' 's frame."""
-        static = self.static[name]
+        narrow = self._sums(self.spec.spaces[name], lambda axis: self._static(axis) and not self._wide(name, axis))
+        static = _total(self.cached[name], narrow)
         return None if static is None else static.moved(self.transforms[name])
 
     def anchored(self, name: str) -> bool:
         """True when the space is anchored and has tensors that only it touches to be solved from."""
-        return self.spec.spaces[name].anchored and self.static[name] is not None
+        return self.spec.spaces[name].anchored and any(self._static(axis) for axis in self.spec.spaces[name].axes)
 
     def _circuit_score(self, space: Space) -> Tensor:
         """C[i, j] = sum over circuits of <L_A^i R_A^i^T, L_B'^j R_B'^j^T> from block x block Grams."""
@@ -249,8 +262,7 @@ class _WeightState:
         space = self.spec.spaces[name]
         if space.circuits:
             return _Statistics(self._circuit_score(space).double().cpu())
-        live = self._sums(space, lambda axis: axis.param in self.shared)
-        return live + self.anchors(name) if live is not None else self.anchors(name)
+        return _total(self._sums(space, lambda axis: not self._static(axis)), self.anchors(name))
 
     def step(self, name: str, delta: Transform) -> None:
         """T becomes Delta T; B' follows."""
