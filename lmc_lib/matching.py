@@ -12,7 +12,9 @@ aligned copy of B.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -174,12 +176,23 @@ def _applied(tensor: Tensor, param: str, spec: SymmetrySpec, transforms: Mapping
     return tensor
 
 
+def _product_sum(pairs: list[tuple[Tensor, Tensor]], left: int, right: int, *, size: int = 0) -> Tensor:
+    """sum over ``pairs`` of pair[left] @ pair[right]^T, accumulated in place (one pass over the
+    output per product); a size x size zero when there are no pairs."""
+    if not pairs:
+        return torch.zeros(size, size, dtype=torch.float64)
+    total = pairs[0][left] @ pairs[0][right].T
+    for pair in pairs[1:]:
+        total.addmm_(pair[left], pair[right].T)
+    return total
+
+
 class _WeightState:
     """A's tensors and B' (B with the current transforms applied) for the tensors two matched spaces share.
 
-    A tensor that only one matched space touches adds a constant to that space's sums: computed
-    from the raw tensors (once, when its product is no larger than the tensor, as for the
-    embeddings; else each time, as for a bias) and moved along with the space's transform.
+    A tensor that only one matched space touches adds a constant to that space's sums: when its
+    product is no larger than the tensor (the embeddings), computed once from the raw tensors and
+    moved along with the space's transform; else (a bias) moved first and summed with the rest.
     Accepting a step Delta of a space applies Delta to B' (T becomes Delta T).
     """
 
@@ -203,7 +216,8 @@ class _WeightState:
             if later and not (spec.spaces[name].circuits and kinds[name] == "permutation"):
                 raise ValueError(f"weight matching: space {name!r} shares entries with the later space {later[0]!r}; "
                                  "only permutations of blocks compared by circuits (which the later ones leave invariant) may")
-        self.cached = {n: self._sums(spec.spaces[n], lambda axis: self._static(axis) and self._wide(n, axis)) for n in kinds}
+        self.cached = {n: self._sums(spec.spaces[n], lambda axis: self._static(axis) and self._wide(n, axis), raw=True)
+                       for n in kinds}
 
     def _static(self, axis: Axis) -> bool:
         return axis.param not in self.shared
@@ -216,26 +230,35 @@ class _WeightState:
         cache, raw = (self.a, self.raw_a) if side == "a" else (self.b, self.raw_b)
         return cache[param] if param in cache else raw[param].detach().to(self.dtype)
 
-    def _sums(self, space: Space, keep) -> _Statistics | None:
-        """Sums over the axes for which ``keep(axis)`` holds (float64), None when there are none."""
-        def flat(axis: Axis) -> tuple[Tensor, Tensor]:
-            return tuple(flatten_axis(self._tensor(side, axis.param), axis) for side in "ab")
+    def _sums(self, space: Space, keep, *, raw: bool = False) -> _Statistics | None:
+        """Sums over the axes for which ``keep(axis)`` holds (float64), None when there are none: in
+        B' 's frame (a tensor only this space touches is moved by its transform first), or in the
+        raw frame of B with ``raw``."""
+        t = self.transforms[space.name]
 
-        writes, reads = [flat(x) for x in space.writes if keep(x)], [flat(x) for x in space.reads if keep(x)]
+        def flat(axis: Axis, role: str) -> tuple[Tensor, Tensor]:
+            a, b = (flatten_axis(self._tensor(side, axis.param), axis) for side in "ab")
+            if raw or not self._static(axis):
+                return a, b
+            if isinstance(t, Permutation):
+                return a, b[t.indices.to(b.device)]
+            matrix = t.matrix if role == "write" else t.read_matrix.T
+            return a, matrix.to(b) @ b
+
+        writes = [flat(x, "write") for x in space.writes if keep(x)]
+        reads = [flat(x, "read") for x in space.reads if keep(x)]
         if not writes and not reads:
             return None
-        device = next(iter(self.raw_a.values())).device
-        total = lambda products: sum(products, torch.zeros(space.size, space.size, dtype=self.dtype, device=device))  # noqa: E731
         if self.kinds[space.name] != "invertible":
-            return _Statistics(total(a @ b.T for a, b in writes + reads)).double()
-        return _Statistics(total(a @ b.T for a, b in writes), total(a @ b.T for a, b in reads), total(b @ b.T for _, b in writes),
-                           total(a @ a.T for a, _ in reads), total(b @ b.T for _, b in reads)).double()
+            return _Statistics(_product_sum(writes + reads, 0, 1)).double()
+        return _Statistics(*(_product_sum(pairs, i, j, size=space.size).double().cpu() for pairs, i, j in
+                             ((writes, 0, 1), (reads, 0, 1), (writes, 1, 1), (reads, 0, 0), (reads, 1, 1))))
 
     def anchors(self, name: str) -> _Statistics | None:
         """The sums of the tensors that no other matched space touches, in B' 's frame."""
         narrow = self._sums(self.spec.spaces[name], lambda axis: self._static(axis) and not self._wide(name, axis))
-        static = _total(self.cached[name], narrow)
-        return None if static is None else static.moved(self.transforms[name])
+        cached = self.cached[name]
+        return _total(None if cached is None else cached.moved(self.transforms[name]), narrow)
 
     def anchored(self, name: str) -> bool:
         """True when the space is anchored and has tensors that only it touches to be solved from."""
@@ -262,7 +285,9 @@ class _WeightState:
         space = self.spec.spaces[name]
         if space.circuits:
             return _Statistics(self._circuit_score(space).double().cpu())
-        return _total(self._sums(space, lambda axis: not self._static(axis)), self.anchors(name))
+        cached = self.cached[name]
+        inside = self._sums(space, lambda axis: not self._static(axis) or not self._wide(name, axis))
+        return _total(inside, None if cached is None else cached.moved(self.transforms[name]))
 
     def step(self, name: str, delta: Transform) -> None:
         """T becomes Delta T; B' follows."""
@@ -320,18 +345,57 @@ def weight_matching(
     names = list(kinds)
     history: list[float] = []
     gain = 0.0
-    for sweep in tqdm(range(max_iter), disable=not progress, desc="weight matching"):
-        improved = False
-        for i in range(len(names)) if sweep == 0 else rng.permutation(len(names)):
-            name = names[i]
-            stats = state.statistics(name)
-            first_anchor = sweep == 0 and state.anchored(name)
-            delta = _solve(kinds[name], state.anchors(name) if first_anchor else stats)
-            old, new = _objective(identity(kinds[name], spec.spaces[name].size), stats), _objective(delta, stats)
-            if first_anchor or new > old + tolerance * max(1.0, abs(old)):
-                state.step(name, delta)
-                improved, gain = True, gain + new - old
-        history.append(gain)
-        if not improved:
-            break
+    workers = max(1, torch.get_num_threads())
+    with ThreadPoolExecutor(workers) as pool:
+        for sweep in tqdm(range(max_iter), disable=not progress, desc="weight matching"):
+            improved = False
+            order = names if sweep == 0 else [names[i] for i in rng.permutation(len(names))]
+            for stage in _stages(order, spec):
+                for name, stats, first_anchor, delta in _solved(stage, state, pool, workers, first=sweep == 0):
+                    old, new = _objective(identity(kinds[name], spec.spaces[name].size), stats), _objective(delta, stats)
+                    if first_anchor or new > old + tolerance * max(1.0, abs(old)):
+                        state.step(name, delta)
+                        improved, gain = True, gain + new - old
+            history.append(gain)
+            if not improved:
+                break
     return Alignment(state.transforms, spec, tuple(history))
+
+
+def _stages(order: Sequence[str], spec: SymmetrySpec) -> list[list[str]]:
+    """``order`` cut into runs of spaces that touch disjoint tensors. Given the spaces outside a run,
+    each space of it is solved from tensors no other one changes (the MLPs and heads of different
+    blocks), so solving a run at once gives what solving it one space at a time would."""
+    stages: list[list[str]] = []
+    touched: set[str] = set()
+    for name in order:
+        params = spec.spaces[name].params
+        if not stages or params & touched:
+            stages.append([])
+            touched = set()
+        stages[-1].append(name)
+        touched |= params
+    return stages
+
+
+def _solved(stage: list[str], state: _WeightState, pool: ThreadPoolExecutor, workers: int,
+            *, first: bool) -> Iterator[tuple[str, _Statistics, bool, Transform]]:
+    """(name, statistics, solved from its anchors, best step) for each space of a stage, in order.
+
+    The solvers (scipy's assignment releases the GIL) run in ``pool`` while the next spaces' score
+    products are computed; at most ``workers`` are pending, so a few size x size scores are held."""
+    pending: deque[tuple[str, _Statistics, bool, Future]] = deque()
+
+    def done() -> tuple[str, _Statistics, bool, Transform]:
+        name, stats, first_anchor, solving = pending.popleft()
+        return name, stats, first_anchor, solving.result()
+
+    for name in stage:
+        stats = state.statistics(name)
+        first_anchor = first and state.anchored(name)
+        target = state.anchors(name) if first_anchor else stats
+        pending.append((name, stats, first_anchor, pool.submit(_solve, state.kinds[name], target)))
+        if len(pending) > workers:
+            yield done()
+    while pending:
+        yield done()

@@ -117,6 +117,12 @@ class Space:
         return self.writes + self.reads
 
     @property
+    def params(self) -> frozenset[str]:
+        """The tensors the space transforms or compares (its axes' and its circuits')."""
+        circuit_axes = (axis for c in self.circuits for axis in c.left + c.right)
+        return frozenset(axis.param for axis in (*self.axes, *circuit_axes))
+
+    @property
     def probes(self) -> tuple[Probe, ...]:
         """``probe`` as a tuple of :class:`Probe` (a module name is its whole output)."""
         given = self.probe if isinstance(self.probe, tuple) else () if self.probe is None else (self.probe,)

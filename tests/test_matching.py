@@ -291,3 +291,42 @@ def test_fit_invertible_is_exact_on_a_planted_map():
     writers_a, readers_a = planted.matrix @ writers, planted.read_matrix.T @ readers
     found = lmc.fit_invertible(writers_a @ writers.T + readers_a @ readers.T, writers @ writers.T, readers_a @ readers_a.T)
     torch.testing.assert_close(found.matrix, planted.matrix, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("build, config", TRANSFORMERS, ids=["gpt2", "vit"])
+def test_sweep_stages_hold_spaces_on_disjoint_tensors(build, config):
+    """A stage (solved at once) never holds two spaces sharing a tensor, and the stages keep the sweep's order."""
+    from lmc_lib.matching import _stages
+
+    spec = lmc.spec_for(build(config, 0))
+    names = list(spec.spaces)
+    for seed in range(5):
+        order = [names[i] for i in torch.randperm(len(names), generator=torch.Generator().manual_seed(seed))]
+        stages = _stages(order, spec)
+        assert [n for stage in stages for n in stage] == order
+        for stage in stages:
+            for x, y in itertools.combinations(stage, 2):
+                assert not spec.spaces[x].params & spec.spaces[y].params, (x, y)
+        assert any(len(stage) > 1 for stage in stages)  # the MLPs and heads of different blocks group
+
+
+@pytest.mark.parametrize("build, config", TRANSFORMERS, ids=["gpt2", "vit"])
+def test_weight_matching_does_not_depend_on_the_thread_count(build, config):
+    """Solvers run in a pool as wide as torch's threads: the result must be the one-at-a-time result."""
+    a, b = build(config, 0), build(config, 1)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            results.append(lmc.weight_matching(a, b, classes=INSIDE_HEADS))
+    finally:
+        torch.set_num_threads(threads)
+    one, three = results
+    assert one.history == pytest.approx(three.history, rel=1e-9)
+    for name, t in one.transforms.items():
+        other = three.transforms[name]
+        if t.kind == "permutation":
+            assert torch.equal(t.indices, other.indices), name
+        else:
+            torch.testing.assert_close(t.matrix, other.matrix, rtol=1e-8, atol=1e-8)
