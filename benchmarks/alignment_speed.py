@@ -9,11 +9,13 @@
    mark (VmHWM) during the matching, models included, reset before it (after handing the memory
    freed while building the models back to the system). The machine's load, one 3072 x 3072
    assignment and a float32 matrix product are timed too, to compare machines.
-2. ``lmc.barrier`` of a chapter-8-like pair (6 layers, width 256, 4 heads, MLP 1024, character
-   vocabulary, context 256) over K = 11 lambdas on the test split of Tiny Shakespeare, stacked
-   (vmap) against one interpolated model per lambda (strategy="loop"); both must agree to 1e-5.
+2. ``lmc.barrier`` of chapter 8's pair (its GPT-2 at book scale: 3 layers, width 64, context 64;
+   and at paper scale: 6 layers, width 256, 4 heads, MLP 1024, context 256; random weights) over
+   K = 11 lambdas on the test split of Tiny Shakespeare, stacked (vmap) against one interpolated
+   model per lambda (strategy="loop"); both must agree to 1e-5. ``auto`` names the default's pick.
 
     OMP_WAIT_POLICY=PASSIVE LMC_DATA_DIR=../shared/data python benchmarks/alignment_speed.py --threads 2
+    LMC_DATA_DIR=../shared/data python benchmarks/alignment_speed.py --device cuda
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ from scipy.optimize import linear_sum_assignment
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lmc_lib as lmc
+from lmc_lib.recipes import RECIPES
 
 PAPER_CLASSES = {"residual": ("orthogonal",), "heads": ("permutation",), "mlp": ("permutation",)}
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_inner=3072, vocab_size=50257, n_positions=1024)
-CHAPTER_8 = dict(n_layer=6, n_embd=256, n_head=4, n_inner=1024, n_positions=256)
 
 
 def gpt2(config: dict, seed: int) -> torch.nn.Module:
@@ -78,37 +80,64 @@ def machine() -> str:
     return f"load average {load}; one 3072 x 3072 assignment {assignment:.2f} s; float32 matrix products {rate:.0f} GFLOP/s"
 
 
-def weight_matching_speed(rounds: int, dtype: torch.dtype) -> None:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def weight_matching_speed(rounds: int, dtype: torch.dtype, device: torch.device) -> None:
     a, b = gpt2(GPT2_SMALL, 0), gpt2(GPT2_SMALL, 1)
     params = sum(p.numel() for p in a.parameters())
-    print(f"GPT-2 small shape: {params / 1e6:.1f}M parameters per model, scores in {dtype}")
+    print(f"GPT-2 small shape: {params / 1e6:.1f}M parameters per model, scores in {dtype} on {device}")
+    a, b = a.to(device), b.to(device)
     reset_peak()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     resident = resident_gib("VmRSS")
-    match = lambda n: lmc.weight_matching(a, b, classes=PAPER_CLASSES, max_iter=n, score_dtype=dtype)  # noqa: E731
+
+    def match(n: int) -> lmc.Alignment:
+        alignment = lmc.weight_matching(a, b, classes=PAPER_CLASSES, max_iter=n, score_dtype=dtype)
+        synchronize(device)
+        return alignment
+
     first, first_seconds = timed(lambda: match(1))
     alignment, total = timed(lambda: match(rounds))
     peak = resident_gib()
     later = (total - first_seconds) / max(len(alignment.history) - 1, 1)
+    gpu = f", GPU peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else ""
     print(f"weight matching, {len(alignment.history)} rounds: {total:.1f} s (round 1 {first_seconds:.1f} s, "
-          f"later rounds {later:.1f} s each); peak resident {peak:.2f} GiB, {resident:.2f} GiB before (the models)")
+          f"later rounds {later:.1f} s each); peak resident {peak:.2f} GiB, {resident:.2f} GiB before (the models){gpu}")
     print("objective after each round:", ", ".join(f"{h:.4g}" for h in alignment.history))
     assert first.history[0] == alignment.history[0], "round 1 differs between the two runs"
 
 
-def barrier_speed(lambdas: int, batch_size: int, windows: int | None) -> None:
-    test, vocabulary = lmc.tiny_shakespeare("test", block_size=CHAPTER_8["n_positions"])
+def barrier_speed(scale: str, lambdas: int, batch_size: int, windows: int | None, device: torch.device) -> None:
+    config = RECIPES["gpt2-shakespeare"][scale].model
+    test, vocabulary = lmc.tiny_shakespeare("test", block_size=config.block_size)
     test = test if windows is None else test.subset(windows)
-    config = {**CHAPTER_8, "vocab_size": len(vocabulary)}
-    a, b = gpt2(config, 0), gpt2(config, 1)
+
+    def build(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return lmc.canonicalize(config.build().eval()).to(device)
+
+    def curve(strategy: str) -> lmc.BarrierCurve:
+        result = lmc.barrier(a, b, data, lambdas=lambdas, strategy=strategy, progress=False)
+        synchronize(device)
+        return result
+
+    a, b = build(0), build(1)
     data = test.batches(batch_size)
-    fast, fast_seconds = timed(lambda: lmc.barrier(a, b, data, lambdas=lambdas, progress=False))
-    slow, slow_seconds = timed(lambda: lmc.barrier(a, b, data, lambdas=lambdas, strategy="loop", progress=False))
-    error = float(np.abs(fast.losses - slow.losses).max())
+    curves, seconds = {}, {}
+    for strategy in ("vmap", "loop") * (2 if device.type == "cuda" else 1):  # on a GPU, a first round warms up
+        curves[strategy], seconds[strategy] = timed(lambda: curve(strategy))  # noqa: B023
+    fast, slow = seconds["vmap"], seconds["loop"]
+    error = float(np.abs(curves["vmap"].losses - curves["loop"].losses).max())
     if error > 1e-5:
         raise AssertionError(f"vmap and loop barriers disagree by {error:.2e}")
-    tokens = test.targets.numel()
-    print(f"barrier, K = {lambdas}, {len(test)} test windows ({tokens} tokens): vmap {fast_seconds:.1f} s, "
-          f"loop {slow_seconds:.1f} s, speed-up {slow_seconds / fast_seconds:.2f}x, max |loss difference| {error:.1e}")
+    print(f"barrier of chapter 8's pair at {scale} scale ({config.n_layer} layers, width {config.n_embd}, context "
+          f"{config.block_size}), K = {lambdas}, {len(test)} test windows ({test.targets.numel()} tokens), batches of "
+          f"{batch_size}: vmap {fast:.2f} s, loop {slow:.2f} s, loop / vmap {slow / fast:.2f}; auto picks "
+          f"{lmc.barrier_strategy(a, device)}; max |loss difference| {error:.1e}")
 
 
 def main() -> None:
@@ -117,18 +146,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="weight-matching score dtype")
     parser.add_argument("--lambdas", type=int, default=11)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--scales", nargs="+", choices=["ci", "book", "paper"], default=["book", "paper"])
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--windows", type=int, default=None, help="use only the first test windows (default: all)")
     parser.add_argument("--skip", choices=["matching", "barrier"], default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cpu = platform.processor() or platform.machine()
-    print(f"torch {torch.__version__}, {args.threads} threads, {cpu}, {os.cpu_count()} CPUs")
+    device = torch.device(args.device)
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"torch {torch.__version__}, {args.threads} threads, {cpu}, {os.cpu_count()} CPUs{gpu}")
     print(machine())
     if args.skip != "matching":
-        weight_matching_speed(args.rounds, getattr(torch, args.dtype))
+        weight_matching_speed(args.rounds, getattr(torch, args.dtype), device)
     if args.skip != "barrier":
-        barrier_speed(args.lambdas, args.batch_size, args.windows)
+        for scale in args.scales:
+            barrier_speed(scale, args.lambdas, args.batch_size, args.windows, device)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 from . import models
 from .data import TensorData, cifar10, data_root, digits, mnist, mnist_loader, tiny_shakespeare
 from .training import TrainConfig, evaluate, train
-from .barrier import BarrierCurve, barrier, cross_entropy, interpolate
+from .barrier import BarrierCurve, barrier, barrier_strategy, cross_entropy, interpolate
 from .canonical import RMSNorm
 from .family import Family, canonicalize, family_of, register_family, spec_for
 from .matching import Alignment, fit_invertible, solve_assignment, weight_matching
@@ -39,7 +39,7 @@ __all__ = [
     "transform", "transform_state", "random_transform",
     "Alignment", "weight_matching", "activation_matching", "solve_assignment", "fit_invertible",
     "circuit_pair", "circuit_models",
-    "BarrierCurve", "barrier", "interpolate", "cross_entropy",
+    "BarrierCurve", "barrier", "barrier_strategy", "interpolate", "cross_entropy",
     "MLP", "MLPConfig", "models",
     "TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader", "tiny_shakespeare",
     "TrainConfig", "train", "evaluate",

@@ -2,11 +2,15 @@
 
 B_l = L(theta_l) - ((1 - l) L(theta_A) + l L(theta_B)); the loss barrier is max_l B_l.
 
-Evaluating K interpolation points one model at a time costs K passes over the data. Here all
-points of a chunk share one pass: the parameters are stacked along a new leading axis and the
-model is run with ``torch.func.functional_call`` under ``vmap``. When the family exposes an affine
-*stem* (the first Linear of an MLP), its output is linear in l, so it is computed once per endpoint
-and blended: stem_l(x) = (1 - l) stem_A(x) + l stem_B(x).
+Evaluating K interpolation points one model at a time costs K passes over the data. With
+``strategy="vmap"`` all points of a chunk share one pass: the parameters are stacked along a new
+leading axis and the model is run with ``torch.func.functional_call`` under ``vmap``. When the
+family exposes an affine *stem* (the first Linear of an MLP), its output is linear in l, so it is
+computed once per endpoint and blended: stem_l(x) = (1 - l) stem_A(x) + l stem_B(x).
+
+Stacking saves per-call overhead and the stem's arithmetic, nothing else: a model whose forward
+is bound by large matrix products (a Transformer on the CPU) runs faster one lambda at a time.
+``strategy="auto"`` picks by :func:`barrier_strategy`, as measured in ``benchmarks/barrier_strategies.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from tqdm.auto import tqdm
 
 from .family import FAMILIES, load_state
 
-__all__ = ["BarrierCurve", "barrier", "interpolate", "cross_entropy", "check_same_architecture", "evaluating"]
+__all__ = [
+    "BarrierCurve", "barrier", "interpolate", "cross_entropy", "check_same_architecture", "evaluating", "barrier_strategy",
+]
+STRATEGIES = ("auto", "vmap", "loop")
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -155,6 +162,15 @@ def _split_stem(model: nn.Module):
     return family.split_stem if family is not None else None
 
 
+def barrier_strategy(model: nn.Module, device: torch.device | str) -> str:
+    """"vmap" on a GPU, and on the CPU for a family with an affine stem (whose arithmetic stacking
+    saves); "loop" otherwise: there stacked matrix products and elementwise passes over K times
+    larger activations cost more than the per-call overhead they save."""
+    if torch.device(device).type != "cpu" or _split_stem(model) is not None:
+        return "vmap"
+    return "loop"
+
+
 def _blend(a: Tensor, b: Tensor, lams: Tensor) -> Tensor:
     """(K, *a.shape): a + l (b - a) for each of the K lambdas."""
     weight = lams.to(a.dtype).view(-1, *([1] * a.ndim))
@@ -221,7 +237,7 @@ def barrier(
     loss_fn: LossFn = cross_entropy,
     memory_budget: int = 2**30,
     device: torch.device | str | None = None,
-    strategy: str = "vmap",
+    strategy: str = "auto",
     progress: bool = True,
 ) -> BarrierCurve:
     """Loss and accuracy of theta_l = (1 - l) theta_A + l theta_B for every lambda, and the barrier.
@@ -229,13 +245,17 @@ def barrier(
     ``data`` yields (inputs, targets) batches; ``loss_fn(logits, targets)`` returns one loss per
     target (default: cross-entropy over all examples or tokens). With ``strategy="vmap"`` lambdas
     are evaluated in chunks whose stacked parameters and activations fit ``memory_budget`` bytes,
-    one pass over ``data`` per chunk; ``strategy="loop"`` builds one interpolated model per lambda.
+    one pass over ``data`` per chunk; ``strategy="loop"`` builds one interpolated model per lambda;
+    ``"auto"`` takes :func:`barrier_strategy` (the faster of the two where measured). All three
+    give the same curve up to float rounding.
     """
     check_same_architecture(a, b)
-    if strategy not in ("vmap", "loop"):
-        raise ValueError(f"strategy must be 'vmap' or 'loop', got {strategy!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     grid = _lambda_grid(lambdas)
     device = torch.device(device) if device is not None else next(a.parameters()).device
+    if strategy == "auto":
+        strategy = barrier_strategy(a, device)
     if not hasattr(data, "__len__") and iter(data) is data:
         data = list(data)  # a one-shot iterator cannot be read once per chunk
     totals = np.zeros((grid.size, 3))  # loss sum, correct, count per lambda

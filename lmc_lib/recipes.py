@@ -211,19 +211,20 @@ def trained_pair(
 
     ``name`` is a key of :data:`RECIPES` (then ``scale`` picks the setting) or a :class:`Recipe`.
     Data come from ``root`` (default $LMC_DATA_DIR), trained weights are cached under ``cache``
-    (default $LMC_CACHE_DIR). Training runs on ``device`` (default: CUDA when available); the models
-    come back on the CPU, in eval mode.
+    (default $LMC_CACHE_DIR). Training runs on ``device`` (default: CUDA when available), and the
+    models and batches come back there, the models in eval mode: what follows runs on the same device.
     """
     chosen = name if isinstance(name, Recipe) else recipe(name, scale)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_data = chosen.data("train", root=root)
     a, b = (
         train(chosen.model.build, train_data, chosen.training, seed=seed, cache_key=repr(chosen.model),
-              cache=cache, progress=progress, device=device).cpu()
+              cache=cache, progress=progress, device=device).to(device).eval()
         for seed in seeds
     )
-    test_batches = chosen.data("test", root=root).batches(chosen.eval_batch_size)
-    train_batches = train_data.subset(chosen.n_statistics).batches(chosen.eval_batch_size)
+    on_device = lambda batches: [(x.to(device), y.to(device)) for x, y in batches]  # noqa: E731
+    test_batches = on_device(chosen.data("test", root=root).batches(chosen.eval_batch_size))
+    train_batches = on_device(train_data.subset(chosen.n_statistics).batches(chosen.eval_batch_size))
     return TrainedPair(a, b, test_batches, train_batches, chosen)
 
 

@@ -243,10 +243,23 @@ class Orthogonal(Transform):
         return cls(q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(())))
 
     @classmethod
-    def nearest(cls, matrix: Tensor) -> Orthogonal:
-        """The orthogonal O maximising <O, C>: U V^T from the SVD C = U S V^T (Procrustes)."""
-        u, _, vh = torch.linalg.svd(torch.as_tensor(matrix, dtype=torch.float64), full_matrices=False)
-        return cls(u @ vh)
+    def nearest(cls, matrix: Tensor, *, rtol: float = 1e-9) -> Orthogonal:
+        """The orthogonal O maximising <O, C>: U V^T from the SVD C = U S V^T (Procrustes).
+
+        Where C is singular (singular values <= rtol * the largest), every completion on its null
+        space maximises <O, C>; the one closest to the identity is taken, so the answer does not
+        depend on the SVD's choice of null vectors (a centred residual stream has one: the mean).
+        """
+        c = torch.as_tensor(matrix, dtype=torch.float64)
+        u, s, vh = torch.linalg.svd(c, full_matrices=False)
+        rank = int((s > rtol * s.max()).sum()) if s.numel() else 0
+        if rank == s.numel():
+            return cls(u @ vh)
+        u_r, v_r, v_0 = u[:, :rank], vh[:rank].T, vh[rank:].T
+        eye = torch.eye(*c.shape, dtype=torch.float64, device=c.device)
+        free = eye @ v_0 - u_r @ (u_r.T @ (eye @ v_0))  # the identity's image of the null space, off U_r's range
+        a, _, bh = torch.linalg.svd(free, full_matrices=False)
+        return cls(u_r @ v_r.T + a @ bh @ v_0.T)
 
 
 @dataclass(frozen=True, repr=False)

@@ -147,10 +147,12 @@ def train(
 
 
 def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over all targets in ``data``."""
+    """Mean cross-entropy and accuracy of ``model`` over all targets in ``data`` (moved to the model's device)."""
     total_loss, correct, count = 0.0, 0.0, 0
+    device = next(model.parameters()).device
     with evaluating(model), torch.no_grad():
         for x, y in data:
+            x, y = x.to(device), y.to(device)
             logits = _logits(model(x))
             valid = y != -100
             total_loss += float(cross_entropy(logits, y)[valid].double().sum())

@@ -112,7 +112,9 @@ def test_barrier_reads_a_dataloader_and_a_generator():
         np.testing.assert_array_equal(curve.accuracies, reference.accuracies)
 
 
-@pytest.mark.parametrize("options", [{"memory_budget": 1}, {"memory_budget": 30_000}, {"strategy": "loop"}, {"device": "cpu"}])
+@pytest.mark.parametrize(
+    "options", [{"memory_budget": 1}, {"memory_budget": 30_000}, {"strategy": "loop"}, {"strategy": "auto"}, {"device": "cpu"}]
+)
 def test_chunking_and_strategies_give_the_same_curve(options):
     config = CONFIGS[2]
     a, b, data = pair_and_data(config)
@@ -235,7 +237,7 @@ def test_barrier_refuses_empty_data_and_unknown_strategies():
     for strategy in ("vmap", "loop"):
         with pytest.raises(ValueError, match="data yielded no"):
             lmc.barrier(a, b, [], strategy=strategy, progress=False)
-    with pytest.raises(ValueError, match="strategy must be 'vmap' or 'loop', got 'fast'"):
+    with pytest.raises(ValueError, match=r"strategy must be one of \('auto', 'vmap', 'loop'\), got 'fast'"):
         lmc.barrier(a, b, classification_data(6, 3), strategy="fast", progress=False)
 
 
@@ -258,8 +260,8 @@ def test_barrier_and_interpolate_leave_the_models_untouched(training):
     a.train(training), b.train(not training)
     a_copy, b_copy = copy.deepcopy(a), copy.deepcopy(b)
     data = classification_data(6, 5)
-    lmc.barrier(a, b, data, progress=False)
-    lmc.barrier(a, b, data, strategy="loop", progress=False)
+    for strategy in ("vmap", "loop"):
+        lmc.barrier(a, b, data, strategy=strategy, progress=False)
     lmc.interpolate(a, b, 0.5)
     assert same_state(a, a_copy) and same_state(b, b_copy)
     assert (a.training, b.training) == (training, not training)
@@ -298,3 +300,13 @@ def test_barrier_curve_plot_returns_axes():
     with pytest.raises(ValueError, match="metric must be 'loss' or 'accuracy'"):
         curve.plot(metric="error")
     plt.close("all")
+
+
+def test_auto_stacks_where_it_saves_arithmetic():
+    """The default: stacked for an MLP (its stem is computed once per endpoint) and on a GPU, one
+    lambda at a time for a model without a stem on the CPU (benchmarks/barrier_strategies.py)."""
+    from test_models_gpt2 import gpt2
+
+    mlp, transformer = pair(CONFIGS[0])[0], gpt2(dict(n_embd=8, n_layer=1, n_head=2), 0)
+    assert lmc.barrier_strategy(mlp, "cpu") == "vmap" and lmc.barrier_strategy(mlp, "cuda") == "vmap"
+    assert lmc.barrier_strategy(transformer, "cpu") == "loop" and lmc.barrier_strategy(transformer, "cuda") == "vmap"

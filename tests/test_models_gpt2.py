@@ -114,7 +114,7 @@ def test_barrier_vmap_equals_loop(attention, generator):
     a, b = gpt2(config, 0), gpt2(config, 1)
     x = tokens(generator, 4, 9)
     data = [(x[:, :-1], x[:, 1:])]
-    fast = lmc.barrier(a, b, data, lambdas=5, progress=False)
+    fast = lmc.barrier(a, b, data, lambdas=5, strategy="vmap", progress=False)
     slow = lmc.barrier(a, b, data, lambdas=5, strategy="loop", progress=False)
     assert abs(lmc.barrier(a, a, data, lambdas=3, progress=False).barrier) < 1e-6
     assert abs(fast.losses - slow.losses).max() < 1e-5

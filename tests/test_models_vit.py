@@ -121,7 +121,7 @@ def test_barrier_vmap_equals_loop(generator):
     a, b = vit(TestViT.CONFIGS[1], 0), vit(TestViT.CONFIGS[1], 1)
     x = images(a, generator, 12)
     data = [(x[:6], torch.randint(0, 5, (6,), generator=generator)), (x[6:], torch.randint(0, 5, (6,), generator=generator))]
-    fast = lmc.barrier(a, b, data, lambdas=5, progress=False)
+    fast = lmc.barrier(a, b, data, lambdas=5, strategy="vmap", progress=False)
     slow = lmc.barrier(a, b, data, lambdas=5, strategy="loop", progress=False)
     assert abs(lmc.barrier(a, a, data, lambdas=3, progress=False).barrier) < 1e-6
     assert abs(fast.losses - slow.losses).max() < 1e-5

@@ -160,6 +160,25 @@ def test_nearest_orthogonal_maximises_the_inner_product(n, seed):
     torch.testing.assert_close(lmc.Orthogonal.nearest(rotation.matrix).matrix, rotation.matrix)
 
 
+@given(n=st.integers(2, 12), null=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_nearest_orthogonal_is_closest_to_the_identity_on_the_null_space(n, null, seed):
+    """C = X Y^T with rows of X and Y orthogonal to the same ``null`` directions N (as centring makes
+    the mean direction): every maximiser agrees off N, and the one returned maps N to itself, so it
+    commutes with any rotation Q of the space (Q C Q^T -> Q O Q^T) whatever null vectors the SVD picks."""
+    null = min(null, n - 1)
+    generator = torch.Generator().manual_seed(seed)
+    basis = lmc.Orthogonal.random(n, generator=generator).matrix
+    keep = basis[:, null:]  # the complement of N = basis[:, :null]
+    x = keep @ torch.randn(n - null, 7, generator=generator, dtype=torch.float64)
+    y = keep @ torch.randn(n - null, 7, generator=generator, dtype=torch.float64)
+    c = x @ y.T
+    o = lmc.Orthogonal.nearest(c).matrix
+    assert float((o * c).sum()) == pytest.approx(float(torch.linalg.matrix_norm(c, "nuc")), rel=1e-9)
+    torch.testing.assert_close(o @ basis[:, :null], basis[:, :null], rtol=1e-8, atol=1e-8)
+    q = lmc.Orthogonal.random(n, generator=generator).matrix
+    torch.testing.assert_close(lmc.Orthogonal.nearest(q @ c @ q.T).matrix, q @ o @ q.T, rtol=1e-8, atol=1e-8)
+
+
 # -- composition ---------------------------------------------------------------------------------
 
 
