@@ -4,7 +4,8 @@ Streaming first and second moments of every probed space in both models (``Space
 assignment on correlations (permutations; canonical correlations for blocks such as a head's
 outputs), Procrustes on the cross-covariance (orthogonal) or least squares (invertible). The
 paper's baseline for Transformers probes the residual stream after every block, each head's
-outputs and the MLP's hidden units.
+outputs and the MLP's hidden units; the residual's score sums one score per block, so that the
+late blocks, whose activations are larger, do not outweigh the early ones.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ class _Moments:
     def cross_covariance(self) -> Tensor:
         return self._centred(self.ab, self.sum_a, self.sum_b)
 
+    def normalised_cross_covariance(self) -> Tensor:
+        """Cov_ab / sqrt(tr Cov_aa tr Cov_bb): the cross-covariance of activations scaled to unit total variance."""
+        total_a = (self.sq_a / self.count - (self.sum_a / self.count) ** 2).sum().clamp_min(0)
+        total_b = (self.sq_b / self.count - (self.sum_b / self.count) ** 2).sum().clamp_min(0)
+        return self.cross_covariance() / ((total_a * total_b).sqrt() + 1e-300)
+
     def covariances(self) -> tuple[Tensor, Tensor]:
         return self._centred(self.aa, self.sum_a, self.sum_a), self._centred(self.bb, self.sum_b, self.sum_b)
 
@@ -80,18 +87,25 @@ def _inverse_sqrt(covariances: Tensor, ridge: float = 1e-9) -> Tensor:
     return vectors @ torch.diag_embed(values.rsqrt()) @ vectors.transpose(-1, -2)
 
 
-def _solve_activations(space: Space, kind: str, moments: Mapping[str, _Moments]) -> Transform:
-    """One space's transform from its moments (keyed by probe role)."""
+def _solve_activations(space: Space, kind: str, moments: Mapping[tuple[str, int], _Moments]) -> Transform:
+    """One space's transform from its moments, keyed by (probe role, probe index).
+
+    With several probes (the residual stream after every block) each one scores on its own and the
+    scores are summed, so that every probe counts alike, whatever the scale of its activations (the
+    residual stream grows along the depth): correlations or canonical correlations for permutations,
+    cross-covariances scaled to unit total variance for orthogonal maps.
+    """
     if kind == "invertible":
-        write, read = moments["write"], moments.get("read")
+        write, read = moments[("write", 0)], moments.get(("read", 0))
         cross = write.cross_covariance() + (read.cross_covariance() if read else 0)
         gram_read_a = read.covariances()[0] if read else torch.zeros_like(cross)
         return fit_invertible(cross, write.covariances()[1], gram_read_a, ridge=1e-8)
-    stats = moments["write"]
+    parts = list(moments.values())
     if kind == "orthogonal":
-        return Orthogonal.nearest(stats.cross_covariance())
-    blocked = stats.ab.shape[0] > space.size
-    return solve_assignment(stats.canonical_correlations(space.size) if blocked else stats.correlation())
+        return Orthogonal.nearest(sum(m.normalised_cross_covariance() for m in parts))
+    if parts[0].ab.shape[0] > space.size:  # blocks of units (a head's outputs)
+        return solve_assignment(sum(m.canonical_correlations(space.size) for m in parts))
+    return solve_assignment(sum(m.correlation() for m in parts))
 
 
 @contextmanager
@@ -113,22 +127,22 @@ def _capturing(models: Mapping[str, nn.Module], modules: Iterable[tuple[str, boo
             handle.remove()
 
 
-def _record(moments: dict[str, _Moments], space: Space, kind: str, captured: Mapping[tuple, Tensor]) -> None:
-    """Add one batch of the space's probed activations to its moments (per role for invertible maps,
-    pooled otherwise: only invertible maps act differently on the two roles, T^-T = T otherwise)."""
-    for probe in space.probes:
+def _record(moments: dict[tuple[str, int], _Moments], space: Space, kind: str, captured: Mapping[tuple, Tensor]) -> None:
+    """Add one batch of the space's probed activations to its moments: one set per probe, except for
+    invertible maps, which pool each role's probes (only they act differently on the two roles)."""
+    for index, probe in enumerate(space.probes):
         x_a, x_b = (captured[(tag, probe.module, probe.inputs)] for tag in "ab")
         end = x_a.shape[-1] if probe.length is None else probe.start + probe.length
-        role = probe.role if kind == "invertible" else "write"
+        key = (probe.role, 0) if kind == "invertible" else ("write", index)
         grams = kind == "invertible" or (kind == "permutation" and end - probe.start > space.size)
-        moments.setdefault(role, _Moments(end - probe.start, grams)).update(x_a[..., probe.start:end], x_b[..., probe.start:end])
+        moments.setdefault(key, _Moments(end - probe.start, grams)).update(x_a[..., probe.start:end], x_b[..., probe.start:end])
 
 
 def _match_activations(a: nn.Module, b: nn.Module, data, spec: SymmetrySpec, kinds: Mapping[str, str],
                        max_batches: int | None, progress: bool) -> dict[str, Transform]:
     """One pass over ``data``: the moments of every probe of the spaces in ``kinds``, then one solve each."""
     modules = {(p.module, p.inputs) for n in kinds for p in spec.spaces[n].probes}
-    moments: dict[str, dict[str, _Moments]] = {n: {} for n in kinds}
+    moments: dict[str, dict[tuple[str, int], _Moments]] = {n: {} for n in kinds}
     device = next(a.parameters()).device
     with _capturing({"a": a, "b": b}, modules) as captured, evaluating(a, b), torch.no_grad():
         for index, (x, _) in enumerate(tqdm(data, disable=not progress, desc="activation statistics")):
@@ -166,10 +180,10 @@ def activation_matching(
     """Align B to A by matching each space's activations on ``data`` (streaming moments).
 
     Every space with probes is observed on every batch; activations (batch, ..., width) count one
-    row per example or token, pooled over a space's probes (the residual stream after every block).
-    Permutation: assignment maximising the summed correlation of matched units, or, for blocks (a
-    head's outputs), the summed canonical correlations; orthogonal: Procrustes on the
-    cross-covariance; invertible: :func:`fit_invertible` on centred activations (x_a ~ T x_b for
+    row per example or token. Permutation: assignment maximising the summed correlation of matched
+    units, or, for blocks (a head's outputs), the summed canonical correlations; orthogonal:
+    Procrustes on the cross-covariance; a space with several probes (the residual stream after
+    every block) sums these scores over its probes, each scaled alike; invertible: :func:`fit_invertible` on centred activations (x_a ~ T x_b for
     writer probes, T^T y_a ~ y_b for reader probes: queries and keys). Spaces inside another (a
     head's QK and OV inside the heads) take a second pass, on B aligned by the first.
     """

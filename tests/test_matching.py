@@ -330,3 +330,33 @@ def test_weight_matching_does_not_depend_on_the_thread_count(build, config):
             assert torch.equal(t.indices, other.indices), name
         else:
             torch.testing.assert_close(t.matrix, other.matrix, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["permutation", "orthogonal"])
+def test_activation_scores_weigh_every_probe_alike(kind):
+    """A space read at several places (the residual stream after every block) sums one score per
+    place: rescaling the activations at one place, as the residual stream grows along the depth,
+    changes nothing; pooling the rows would let the largest place decide alone."""
+    from lmc_lib.activations import _Moments, _solve_activations
+
+    generator = torch.Generator().manual_seed(0)
+    space = lmc.Space("stream", 6, ("permutation", "orthogonal"), (), ())
+    planted = [torch.randperm(6, generator=generator) for _ in range(3)]  # each place prefers another order
+
+    def solve(scales):
+        moments = {}
+        for index, (order, scale) in enumerate(zip(planted, scales)):
+            x = torch.randn(200, 6, generator=generator, dtype=torch.float64)
+            noisy = x[:, order] + 0.8 * torch.randn(200, 6, generator=generator, dtype=torch.float64)
+            moments[("write", index)] = _Moments(6, False)
+            moments[("write", index)].update(scale * x, scale * noisy)
+        return _solve_activations(space, kind, moments)
+
+    state = generator.get_state()
+    reference = solve((1.0, 1.0, 1.0))
+    generator.set_state(state)
+    rescaled = solve((1.0, 1000.0, 0.01))
+    if kind == "permutation":
+        assert torch.equal(reference.indices, rescaled.indices)
+    else:
+        torch.testing.assert_close(reference.matrix, rescaled.matrix)
