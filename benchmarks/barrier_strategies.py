@@ -52,12 +52,13 @@ CASES = {
 }
 
 
-def seconds(run: Callable[[], object]) -> float:
+def timed(run: Callable[[], lmc.BarrierCurve]) -> tuple[lmc.BarrierCurve, float]:
+    """``run()`` and its wall time in seconds (GPU work included)."""
     start = time.perf_counter()
-    run()
+    result = run()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return result, time.perf_counter() - start
 
 
 def main() -> None:
@@ -82,8 +83,9 @@ def main() -> None:
         curves, times = {}, {"vmap": [], "loop": []}
         for repeat in range(args.repeats + 1):  # the first round warms up (allocator, kernels)
             for strategy in times:
-                run = lambda: lmc.barrier(a, b, data, lambdas=args.lambdas, strategy=strategy, progress=False)  # noqa: B023, E731
-                elapsed = seconds(lambda: curves.__setitem__(strategy, run()))  # noqa: B023
+                curves[strategy], elapsed = timed(
+                    lambda: lmc.barrier(a, b, data, lambdas=args.lambdas, strategy=strategy, progress=False)  # noqa: B023
+                )
                 if repeat:
                     times[strategy].append(elapsed)
         error = float(np.abs(curves["vmap"].losses - curves["loop"].losses).max())
