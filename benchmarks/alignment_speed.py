@@ -35,7 +35,7 @@ from scipy.optimize import linear_sum_assignment
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lmc_lib as lmc
-from lmc_lib.recipes import RECIPES
+from lmc_lib.book.recipes import RECIPES
 
 PAPER_CLASSES = {"residual": ("orthogonal",), "heads": ("permutation",), "mlp": ("permutation",)}
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_inner=3072, vocab_size=50257, n_positions=1024)

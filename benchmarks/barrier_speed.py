@@ -65,7 +65,7 @@ def main() -> None:
     a, b = trained_pair(args.epochs)
     sources = {
         "in memory": lmc.mnist(train=False).batches(args.batch_size),
-        "DataLoader": lmc.mnist_loader(train=False, batch_size=args.batch_size),
+        "DataLoader": lmc.data.mnist_loader(train=False, batch_size=args.batch_size),
     }
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"{len(sources['in memory'])} batches of {args.batch_size} test images, median of {args.repeats}")

@@ -24,7 +24,7 @@ from torch import nn
 
 import lmc_lib as lmc
 from lmc_lib import barrier_strategy
-from lmc_lib.recipes import RECIPES
+from lmc_lib.book.recipes import RECIPES
 
 
 def mlp_case(n: int) -> tuple[Callable[[], nn.Module], list]:

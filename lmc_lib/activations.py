@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .barrier import evaluating
-from .matching import Alignment, Classes, _check_pair, fit_invertible, matched_kind, solve_assignment
+from .alignment import Alignment, Classes, architecture, matched_pair, resolve_classes
+from .solvers import fit_invertible, nearest_orthogonal, solve_assignment
 from .spec import Space, SymmetrySpec
-from .symmetry import Orthogonal, Transform
+from .symmetry import Transform
 from .transform import transform
 
 __all__ = ["activation_matching"]
@@ -102,7 +103,7 @@ def _solve_activations(space: Space, kind: str, moments: Mapping[tuple[str, int]
         return fit_invertible(cross, write.covariances()[1], gram_read_a, ridge=1e-8)
     parts = list(moments.values())
     if kind == "orthogonal":
-        return Orthogonal.nearest(sum(m.normalised_cross_covariance() for m in parts))
+        return nearest_orthogonal(sum(m.normalised_cross_covariance() for m in parts))
     if parts[0].ab.shape[0] > space.size:  # blocks of units (a head's outputs)
         return solve_assignment(sum(m.canonical_correlations(space.size) for m in parts))
     return solve_assignment(sum(m.correlation() for m in parts))
@@ -187,12 +188,10 @@ def activation_matching(
     writer probes, T^T y_a ~ y_b for reader probes: queries and keys). Spaces inside another (a
     head's QK and OV inside the heads) take a second pass, on B aligned by the first.
     """
-    spec = _check_pair(a, b)
-    classes = classes if isinstance(classes, Mapping) else tuple(classes)
-    kinds = {
-        n: k for n, s in spec.spaces.items()
-        if s.probes and (k := matched_kind(s, classes, ("permutation", "orthogonal", "invertible")))
-    }
+    spec = matched_pair(a, b, caller="activation_matching")
+    probed = [name for name, space in spec.spaces.items() if space.probes]
+    kinds = resolve_classes(spec, classes, ("permutation", "orthogonal", "invertible"), caller="activation_matching",
+                            spaces=probed)
     stages = _stages(spec, kinds)
     if len(stages) > 1 and not hasattr(data, "__len__") and iter(data) is data:
         data = list(data)  # a one-shot iterator cannot be read once per stage
@@ -200,4 +199,4 @@ def activation_matching(
     for stage in stages or [{}]:
         aligned = transform(b, transforms, spec=spec) if transforms else b
         transforms |= _match_activations(a, aligned, data, spec, stage, max_batches, progress)
-    return Alignment(transforms, spec)
+    return Alignment(transforms, spec, (), architecture(b))

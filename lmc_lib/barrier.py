@@ -28,10 +28,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
+from .alignment import check_pair
 from .family import FAMILIES, load_state
 
 __all__ = [
-    "BarrierCurve", "barrier", "interpolate", "cross_entropy", "check_same_architecture", "evaluating", "barrier_strategy",
+    "BarrierCurve", "barrier", "interpolate", "cross_entropy", "evaluating", "barrier_strategy",
 ]
 STRATEGIES = ("auto", "vmap", "loop")
 
@@ -47,20 +48,9 @@ def _logits(output) -> Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
-def check_same_architecture(a: nn.Module, b: nn.Module) -> None:
-    """ValueError naming the first tensor whose name or shape differs between ``a`` and ``b``."""
-    state_a, state_b = a.state_dict(), b.state_dict()
-    if state_a.keys() != state_b.keys():
-        only = sorted(set(state_a) ^ set(state_b))
-        raise ValueError(f"models have different tensors: {only[:5]} are in only one of them")
-    for name in state_a:
-        if state_a[name].shape != state_b[name].shape:
-            raise ValueError(f"models differ at {name!r}: shape {tuple(state_a[name].shape)} vs {tuple(state_b[name].shape)}")
-
-
 def interpolate(a: nn.Module, b: nn.Module, lam: float) -> nn.Module:
     """A new model with floating tensors (1 - lam) theta_A + lam theta_B (others taken from A)."""
-    check_same_architecture(a, b)
+    check_pair(a, b)
     state_b = b.state_dict()
     state = {
         k: torch.lerp(v.double(), state_b[k].double(), lam) if v.is_floating_point() else v
@@ -249,7 +239,7 @@ def barrier(
     ``"auto"`` takes :func:`barrier_strategy` (the faster of the two where measured). All three
     give the same curve up to float rounding.
     """
-    check_same_architecture(a, b)
+    check_pair(a, b)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     grid = _lambda_grid(lambdas)

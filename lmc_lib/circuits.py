@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .barrier import check_same_architecture
+from .alignment import check_pair
 from .family import family_of, load_state, spec_for
 from .spec import Axis
 
@@ -49,7 +49,7 @@ def circuit_models(models: Sequence[nn.Module]) -> tuple[nn.Module, ...]:
     if k < 2:
         raise ValueError(f"circuit_models: needs at least two models, got {k}")
     for other in models[1:]:
-        check_same_architecture(models[0], other)
+        check_pair(models[0], other)
     family = family_of(models[0])
     if family.widen_heads is None:
         raise ValueError(f"circuit_models: {family.name} models have no attention heads (the family cannot widen heads)")

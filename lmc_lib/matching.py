@@ -13,94 +13,25 @@ aligned copy of B.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .barrier import check_same_architecture
-from .family import spec_for
+from .alignment import Alignment, Classes, architecture, matched_pair, resolve_classes
+from .solvers import fit_invertible, nearest_orthogonal, solve_assignment
 from .spec import Axis, Space, SymmetrySpec, flatten_axis
-from .symmetry import Invertible, Orthogonal, Permutation, Transform, identity
-from .transform import apply_along, transform
+from .symmetry import Permutation, Transform, identity, max_condition
+from .transform import apply_along
 
-__all__ = ["Alignment", "weight_matching", "solve_assignment", "fit_invertible"]
+__all__ = ["weight_matching"]
 
 #: the sweep limit when neither the caller nor the spec sets one
 MAX_SWEEPS = 100
-
-
-@dataclass(frozen=True)
-class Alignment:
-    """Transforms (space name -> element) that map B into A's coordinates; ``history`` logs the objective."""
-
-    transforms: Mapping[str, Transform]
-    spec: SymmetrySpec = field(repr=False)
-    history: tuple[float, ...] = ()
-
-    def apply(self, model: nn.Module) -> nn.Module:
-        """The aligned copy of ``model`` (a new model; the input is untouched)."""
-        return transform(model, self.transforms, spec=self.spec)
-
-
-# -- solvers and the choice of class, shared with activation matching -----------------------------
-
-
-def solve_assignment(score: Tensor) -> Permutation:
-    """The permutation P maximising <P, score> = sum_i score[i, indices[i]] (Hungarian, scipy)."""
-    score = score.detach().double().cpu().numpy()
-    if not np.isfinite(score).all():
-        raise ValueError("assignment: the score matrix has NaN or infinite entries")
-    best = score.argmax(1)
-    if np.unique(best).size == best.size:  # every row gets its maximum: nothing can beat that
-        return Permutation(torch.as_tensor(best))
-    rows, cols = linear_sum_assignment(score, maximize=True)
-    return Permutation(torch.as_tensor(cols[np.argsort(rows)]))
-
-
-def fit_invertible(cross: Tensor, gram_write_b: Tensor, gram_read_a: Tensor, *, ridge: float = 1e-9) -> Invertible:
-    """The T minimising ||T X_B - X_A||^2 + ||T^T Y_A - Y_B||^2 (least squares on both sides, each
-    where it is linear in T: writers X map to T X, readers Y to T^-T Y).
-
-    Setting the gradient to zero gives the Sylvester equation G_rA T + T G_wB = C, with
-    C = X_A X_B^T + Y_A Y_B^T (``cross``), G_wB = X_B X_B^T and G_rA = Y_A Y_A^T: in the eigenbases
-    G_rA = U diag(a) U^T, G_wB = V diag(b) V^T it is elementwise, T = U [(U^T C V) / (a_i + b_j)] V^T.
-    Exact when B is A under an invertible map; ``ridge`` (relative) keeps an empty side solvable.
-    """
-    cross, gram_write_b, gram_read_a = (x.double().cpu() for x in (cross, gram_write_b, gram_read_a))
-    shift = ridge * float(gram_write_b.trace() + gram_read_a.trace()) / cross.shape[0] + 1e-300
-    a, u = torch.linalg.eigh(gram_read_a)
-    b, v = torch.linalg.eigh(gram_write_b)
-    inner = (u.T @ cross @ v) / (a.clamp_min(0)[:, None] + b.clamp_min(0)[None, :] + shift)
-    return Invertible(u @ inner @ v.T)
-
-
-Classes = Iterable[str] | Mapping[str, Iterable[str]]
-
-
-def matched_kind(space: Space, classes: Classes, supported: tuple[str, ...]) -> str | None:
-    """The class a matcher that solves ``supported`` classes uses for ``space`` under ``classes``, or None."""
-    allowed = tuple(classes.get(space.group, ()) if isinstance(classes, Mapping) else classes)
-    kind = space.most_general(c for c in allowed if c in supported)
-    if kind is None and "semi_permutation" in allowed and "permutation" in space.classes:
-        kind = "permutation"  # at equal widths a semi-permutation alignment is a permutation
-    return kind
-
-
-def _check_pair(a: nn.Module, b: nn.Module) -> SymmetrySpec:
-    check_same_architecture(a, b)
-    spec = spec_for(a)
-    for name, tensor in {**a.state_dict(), **b.state_dict()}.items():
-        if not tensor.is_floating_point() or not tensor.numel():
-            continue
-        if not torch.isfinite(torch.stack(torch.aminmax(tensor.detach()))).all():  # min and max carry any NaN
-            raise ValueError(f"matching: tensor {name!r} has NaN or infinite entries")
-    return spec
 
 
 # -- weight matching ----------------------------------------------------------------------------
@@ -157,13 +88,14 @@ def _objective(t: Transform, stats: _Statistics) -> float:
     )
 
 
-def _solve(kind: str, stats: _Statistics) -> Transform:
-    """The element of ``kind`` maximising the space's objective (exactly, except for invertible maps)."""
+def _solve(kind: str, stats: _Statistics, limit: float) -> Transform:
+    """The element of ``kind`` maximising the space's objective (exactly, except for invertible maps,
+    whose condition number must stay below ``limit``, what the model's dtype carries)."""
     if kind == "permutation":
         return solve_assignment(stats.cross)
     if kind == "orthogonal":
-        return Orthogonal.nearest(stats.cross)
-    return fit_invertible(stats.cross + stats.cross_read, stats.gram_write_b, stats.gram_read_a)
+        return nearest_orthogonal(stats.cross)
+    return fit_invertible(stats.cross + stats.cross_read, stats.gram_write_b, stats.gram_read_a, max_condition=limit)
 
 
 def _applied(tensor: Tensor, param: str, spec: SymmetrySpec, transforms: Mapping[str, Transform]) -> Tensor:
@@ -188,26 +120,31 @@ def _product_sum(pairs: list[tuple[Tensor, Tensor]], left: int, right: int, *, s
 
 
 class _WeightState:
-    """A's tensors and B' (B with the current transforms applied) for the tensors two matched spaces share.
+    """A's tensors and B' = transform_state(B, transforms) for every tensor a matched space reads.
 
-    A tensor that only one matched space touches adds a constant to that space's sums: when its
-    product is no larger than the tensor (the embeddings), computed once from the raw tensors and
-    moved along with the space's transform; else (a bias) moved first and summed with the rest.
-    Accepting a step Delta of a space applies Delta to B' (T becomes Delta T).
+    The invariant: every statistic is read in B' 's frame. A tensor that one matched space alone
+    reads, and that has at least as many features per coordinate as the space has coordinates
+    (the embeddings, the head), is the one exception in storage, not in frame: its sums are
+    computed once from raw B and moved with the space's transform (C -> C T^T, ...), which equals
+    recomputing them from B' and costs a size x size product instead of a pass over the tensor.
+    Accepting a step Delta of a space sets T to Delta T and applies Delta to the space's tensors
+    in B' (or re-applies every transform to them from raw B, where a later space of the spec acts
+    on the same entries: a head's inside after the heads).
     """
 
     def __init__(self, spec: SymmetrySpec, kinds: Mapping[str, str], state_a: Mapping[str, Tensor],
                  state_b: Mapping[str, Tensor], dtype: torch.dtype):
         self.spec, self.kinds, self.dtype = spec, kinds, dtype
-        self.raw_a, self.raw_b = state_a, state_b
+        self.raw_b = state_b
         self.transforms: dict[str, Transform] = {n: identity(k, spec.spaces[n].size) for n, k in kinds.items()}
-        touching: dict[str, set[str]] = {}
+        readers: dict[str, set[str]] = {}
         for name in kinds:
-            for axis in spec.spaces[name].axes:
-                touching.setdefault(axis.param, set()).add(name)
-        self.shared = {p for p, names in touching.items() if len(names) > 1}
-        self.a = {p: state_a[p].detach().to(dtype) for p in self.shared}
-        self.b = {p: state_b[p].detach().to(dtype) for p in self.shared}
+            for param in spec.spaces[name].params:
+                readers.setdefault(param, set()).add(name)
+        self.only = {p: next(iter(names)) for p, names in readers.items() if len(names) == 1}
+        cached = {p for p, name in self.only.items() if self._wide(name, p, state_a[p])}
+        self.a = {p: state_a[p].detach().to(dtype) for p in readers if p not in cached}
+        self.b = {p: state_b[p].detach().to(dtype) for p in readers if p not in cached}
         # B' applies the transforms in spec order; where a later space acts on the same entries (a
         # head's inside, after the heads), a step of the earlier one is not a step on top of B'
         order = list(spec.spaces)
@@ -216,37 +153,30 @@ class _WeightState:
             if later and not (spec.spaces[name].circuits and kinds[name] == "permutation"):
                 raise ValueError(f"weight matching: space {name!r} shares entries with the later space {later[0]!r}; "
                                  "only permutations of blocks compared by circuits (which the later ones leave invariant) may")
-        self.cached = {n: self._sums(spec.spaces[n], lambda axis: self._static(axis) and self._wide(n, axis), raw=True)
-                       for n in kinds}
+        raw = {p: (state_a[p].detach().to(dtype), state_b[p].detach().to(dtype)) for p in cached}
+        self.cached = {n: self._sums(spec.spaces[n], lambda axis: axis.param in raw, raw.__getitem__) for n in kinds}
 
-    def _static(self, axis: Axis) -> bool:
-        return axis.param not in self.shared
+    def _wide(self, name: str, param: str, tensor: Tensor) -> bool:
+        """True when every axis of ``param`` in the space has at least as many features per
+        coordinate as the space has coordinates (so its sums are no larger than the tensor)."""
+        space = self.spec.spaces[name]
+        axes = [axis for axis in space.axes if axis.param == param]
+        return not space.circuits and bool(axes) and all(
+            flatten_axis(tensor, axis).shape[1] >= space.size for axis in axes)
 
-    def _wide(self, name: str, axis: Axis) -> bool:
-        """True when the axis has at least as many features per coordinate as the space has coordinates."""
-        return flatten_axis(self.raw_a[axis.param], axis).shape[1] >= self.spec.spaces[name].size
+    def _pair(self, param: str) -> tuple[Tensor, Tensor]:
+        return self.a[param], self.b[param]
 
-    def _tensor(self, side: str, param: str) -> Tensor:
-        cache, raw = (self.a, self.raw_a) if side == "a" else (self.b, self.raw_b)
-        return cache[param] if param in cache else raw[param].detach().to(self.dtype)
+    def _sums(self, space: Space, keep, pair=None) -> _Statistics | None:
+        """Sums over the axes for which ``keep(axis)`` holds (float64), None when there are none;
+        ``pair(param)`` gives the (A, B) tensors, by default A and B'."""
+        pair = self._pair if pair is None else pair
 
-    def _sums(self, space: Space, keep, *, raw: bool = False) -> _Statistics | None:
-        """Sums over the axes for which ``keep(axis)`` holds (float64), None when there are none: in
-        B' 's frame (a tensor only this space touches is moved by its transform first), or in the
-        raw frame of B with ``raw``."""
-        t = self.transforms[space.name]
+        def flat(axis: Axis) -> tuple[Tensor, Tensor]:
+            return tuple(flatten_axis(tensor, axis) for tensor in pair(axis.param))
 
-        def flat(axis: Axis, role: str) -> tuple[Tensor, Tensor]:
-            a, b = (flatten_axis(self._tensor(side, axis.param), axis) for side in "ab")
-            if raw or not self._static(axis):
-                return a, b
-            if isinstance(t, Permutation):
-                return a, b[t.indices.to(b.device)]
-            matrix = t.matrix if role == "write" else t.read_matrix.T
-            return a, matrix.to(b) @ b
-
-        writes = [flat(x, "write") for x in space.writes if keep(x)]
-        reads = [flat(x, "read") for x in space.reads if keep(x)]
+        writes = [flat(x) for x in space.writes if keep(x)]
+        reads = [flat(x) for x in space.reads if keep(x)]
         if not writes and not reads:
             return None
         if self.kinds[space.name] != "invertible":
@@ -254,30 +184,33 @@ class _WeightState:
         return _Statistics(*(_product_sum(pairs, i, j, size=space.size).double().cpu() for pairs, i, j in
                              ((writes, 0, 1), (reads, 0, 1), (writes, 1, 1), (reads, 0, 0), (reads, 1, 1))))
 
-    def anchors(self, name: str) -> _Statistics | None:
-        """The sums of the tensors that no other matched space touches, in B' 's frame."""
-        narrow = self._sums(self.spec.spaces[name], lambda axis: self._static(axis) and not self._wide(name, axis))
+    def _moved_cache(self, name: str) -> _Statistics | None:
         cached = self.cached[name]
-        return _total(None if cached is None else cached.moved(self.transforms[name]), narrow)
+        return None if cached is None else cached.moved(self.transforms[name])
+
+    def anchors(self, name: str) -> _Statistics | None:
+        """The sums of the tensors that no other matched space reads, in B' 's frame."""
+        stored = self._sums(self.spec.spaces[name], lambda axis: axis.param in self.b and axis.param in self.only)
+        return _total(self._moved_cache(name), stored)
 
     def anchored(self, name: str) -> bool:
-        """True when the space is anchored and has tensors that only it touches to be solved from."""
-        return self.spec.spaces[name].anchored and any(self._static(axis) for axis in self.spec.spaces[name].axes)
+        """True when the space is anchored and has tensors that only it reads to be solved from."""
+        return self.spec.spaces[name].anchored and any(axis.param in self.only for axis in self.spec.spaces[name].axes)
 
     def _circuit_score(self, space: Space) -> Tensor:
         """C[i, j] = sum over circuits of <L_A^i R_A^i^T, L_B'^j R_B'^j^T> from block x block Grams."""
-        def factor(side: str, axes: tuple[Axis, ...]) -> Tensor:  # (size, block, features)
-            return torch.cat([flatten_axis(self._tensor(side, a.param), a, keep_block=True) for a in axes], dim=-1)
+        def factor(side: int, axes: tuple[Axis, ...]) -> Tensor:  # (size, block, features)
+            return torch.cat([flatten_axis(self._pair(a.param)[side], a, keep_block=True) for a in axes], dim=-1)
 
         score = 0.0
         for circuit in space.circuits:
-            left, right = (torch.einsum("irf,jsf->ijrs", factor("a", axes), factor("b", axes))
+            left, right = (torch.einsum("irf,jsf->ijrs", factor(0, axes), factor(1, axes))
                            for axes in (circuit.left, circuit.right))
             score = score + (left * right).sum((2, 3))
         return score
 
     def statistics(self, name: str) -> _Statistics:
-        """The space's sums with B's other spaces aligned, in B' 's frame.
+        """The space's sums in B' 's frame (where its own current transform is the identity).
 
         Circuits compare coordinates by <L_A^i R_A^i^T, L_B^j R_B^j^T> = <L_A^i L_B^j^T, R_A^i R_B^j^T>;
         maximising sum_i C[i, pi(i)] minimises the summed squared circuit distances.
@@ -285,15 +218,13 @@ class _WeightState:
         space = self.spec.spaces[name]
         if space.circuits:
             return _Statistics(self._circuit_score(space).double().cpu())
-        cached = self.cached[name]
-        inside = self._sums(space, lambda axis: not self._static(axis) or not self._wide(name, axis))
-        return _total(inside, None if cached is None else cached.moved(self.transforms[name]))
+        return _total(self._sums(space, lambda axis: axis.param in self.b), self._moved_cache(name))
 
     def step(self, name: str, delta: Transform) -> None:
         """T becomes Delta T; B' follows."""
         space = self.spec.spaces[name]
         self.transforms[name] = delta.compose(self.transforms[name])
-        params = {a.param for a in space.axes} & self.shared
+        params = {a.param for a in space.axes} & self.b.keys()
         if self.later[name]:
             for param in params:
                 self.b[param] = _applied(self.raw_b[param].detach().to(self.dtype), param, self.spec, self.transforms)
@@ -330,16 +261,23 @@ def weight_matching(
     random order; a step is kept when it gains more than ``tolerance`` (relative). It stops after
     ``max_iter`` sweeps (default: the spec's ``rounds``, 5 for Transformers; else 100) or a sweep
     in which no space improved. ``history`` holds the summed gains over the identity after each
-    sweep (never decreasing after the first). ``classes`` is a collection of class names, or a
-    mapping from space groups to them, e.g. ``{"residual": ("orthogonal",), "heads":
-    ("permutation",), "mlp": ("permutation",)}``. Scores are computed in ``score_dtype`` on the
-    models' device (float32 halves time and memory on large models); the transforms are float64.
+    sweep (never decreasing after the first). ``classes`` is a preset of
+    :data:`~lmc_lib.alignment.CLASS_PRESETS` ("paper": an orthogonal residual and permutations of
+    heads and MLP units, for models in canonical form; "permutations"), class names, or a mapping
+    from space groups to them, e.g. ``{"residual": ("orthogonal",), "heads": ("permutation",)}``.
+    Scores are computed in ``score_dtype`` on the models' device (float32 halves time and memory on
+    large models); the transforms are float64.
     """
-    spec = _check_pair(a, b)
-    classes = classes if isinstance(classes, Mapping) else tuple(classes)
-    supported = ("permutation", "orthogonal", "invertible")
-    kinds = {n: k for n, s in spec.spaces.items() if (k := matched_kind(s, classes, supported))}
+    spec = matched_pair(a, b, caller="weight_matching")
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
+        raise ValueError(f"weight_matching: max_iter must be a positive integer (sweeps), got {max_iter!r}")
+    if not isinstance(score_dtype, torch.dtype) or not score_dtype.is_floating_point:
+        raise ValueError(f"weight_matching: score_dtype must be a floating dtype, got {score_dtype!r}")
+    if not tolerance >= 0:
+        raise ValueError(f"weight_matching: tolerance must be >= 0, got {tolerance!r}")
+    kinds = resolve_classes(spec, classes, ("permutation", "orthogonal", "invertible"), caller="weight_matching")
     state = _WeightState(spec, kinds, a.state_dict(), b.state_dict(), score_dtype)
+    limit = min(max_condition(t.dtype) for t in a.state_dict().values() if t.is_floating_point())
     max_iter = max_iter if max_iter is not None else spec.rounds or MAX_SWEEPS
     rng = np.random.default_rng(seed)
     names = list(kinds)
@@ -351,7 +289,7 @@ def weight_matching(
             improved = False
             order = names if sweep == 0 else [names[i] for i in rng.permutation(len(names))]
             for stage in _stages(order, spec):
-                for name, stats, first_anchor, delta in _solved(stage, state, pool, workers, first=sweep == 0):
+                for name, stats, first_anchor, delta in _solved(stage, state, pool, workers, limit, first=sweep == 0):
                     old, new = _objective(identity(kinds[name], spec.spaces[name].size), stats), _objective(delta, stats)
                     if first_anchor or new > old + tolerance * max(1.0, abs(old)):
                         state.step(name, delta)
@@ -359,7 +297,7 @@ def weight_matching(
             history.append(gain)
             if not improved:
                 break
-    return Alignment(state.transforms, spec, tuple(history))
+    return Alignment(state.transforms, spec, tuple(history), architecture(b))
 
 
 def _stages(order: Sequence[str], spec: SymmetrySpec) -> list[list[str]]:
@@ -378,7 +316,7 @@ def _stages(order: Sequence[str], spec: SymmetrySpec) -> list[list[str]]:
     return stages
 
 
-def _solved(stage: list[str], state: _WeightState, pool: ThreadPoolExecutor, workers: int,
+def _solved(stage: list[str], state: _WeightState, pool: ThreadPoolExecutor, workers: int, limit: float,
             *, first: bool) -> Iterator[tuple[str, _Statistics, bool, Transform]]:
     """(name, statistics, solved from its anchors, best step) for each space of a stage, in order.
 
@@ -394,7 +332,7 @@ def _solved(stage: list[str], state: _WeightState, pool: ThreadPoolExecutor, wor
         stats = state.statistics(name)
         first_anchor = first and state.anchored(name)
         target = state.anchors(name) if first_anchor else stats
-        pending.append((name, stats, first_anchor, pool.submit(_solve, state.kinds[name], target)))
+        pending.append((name, stats, first_anchor, pool.submit(_solve, state.kinds[name], target, limit)))
         if len(pending) > workers:
             yield done()
     while pending:

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from .family import spec_for
-from .matching import Alignment, _check_pair, solve_assignment
+from .alignment import Alignment, architecture, matched_pair
+from .solvers import solve_assignment
 from .spec import Space, SymmetrySpec
 from .symmetry import Permutation, Transform
 from .transform import transform_state
@@ -258,7 +259,7 @@ def ot_matching(a: nn.Module, b: nn.Module, *, moments: Mapping[str, InputMoment
     M = E[(z, 1)(z, 1)^T] from ``moments`` (A's input second moment: this matches pre-activations
     on the data). Only incoming weights are used. ``history`` holds each layer's matched cost.
     """
-    spec: SymmetrySpec = _check_pair(a, b)
+    spec: SymmetrySpec = matched_pair(a, b, caller="ot_matching")
     state_a, state_b = a.state_dict(), b.state_dict()
     transforms: dict[str, Transform] = {}
     costs: list[float] = []
@@ -270,4 +271,4 @@ def ot_matching(a: nn.Module, b: nn.Module, *, moments: Mapping[str, InputMoment
         metric = _metric(space, moments)
         transforms[name] = transport_permutation(u, v, metric=metric)
         costs.append(_matching_cost(u, v[transforms[name].indices], metric))
-    return Alignment(transforms, spec, tuple(costs))
+    return Alignment(transforms, spec, tuple(costs), architecture(b))

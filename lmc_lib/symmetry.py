@@ -26,11 +26,22 @@ __all__ = [
     "SYMMETRY_CLASSES",
     "CLASS_ORDER",
     "identity",
+    "max_condition",
 ]
 
 #: From the most specific to the most general class (the order ``random_transform`` and the
 #: matchers use to pick "the most general class a space admits").
 CLASS_ORDER: tuple[str, ...] = ("permutation", "semi_permutation", "orthogonal", "invertible")
+
+
+def max_condition(dtype: torch.dtype) -> float:
+    """The largest condition number of an invertible map that a model stored in ``dtype`` carries.
+
+    Transforms are applied in float64 and cast back: rounding each tensor to ``dtype`` perturbs it
+    by a relative eps(dtype), which T and T^-1 amplify by up to cond(T) in the function. We allow
+    cond(T) * eps(dtype) <= 1e-3: about 8e3 for float32, 4.5e12 for float64, 8 for bfloat16.
+    """
+    return 1e-3 / torch.finfo(dtype).eps
 
 
 def _as_float64(matrix: Tensor | list, name: str) -> Tensor:

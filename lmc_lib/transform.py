@@ -6,11 +6,12 @@ each tensor's dtype, the caller's tensors and models never modified.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
+from .alignment import Classes, resolve_classes
 from .family import family_of, spec_for
 from .spec import Axis, SymmetrySpec
 from .symmetry import (
@@ -19,7 +20,6 @@ from .symmetry import (
     Permutation,
     SemiPermutation,
     Transform,
-    SYMMETRY_CLASSES,
 )
 
 __all__ = ["apply_along", "transform_state", "transform", "random_transform"]
@@ -100,27 +100,24 @@ def transform(model: nn.Module, transforms: Mapping[str, Transform], *, spec: Sy
 
 def random_transform(
     spec: SymmetrySpec,
-    classes: Iterable[str] | Mapping[str, Iterable[str]] = ("permutation",),
+    classes: Classes = ("permutation",),
     generator: torch.Generator | None = None,
     *,
     expand: float = 1.0,
 ) -> dict[str, Transform]:
     """A random element for every space that admits one of ``classes`` (its most general one).
 
-    ``classes`` is a collection of class names or a mapping from space groups to such collections.
+    ``classes`` is a preset name, a collection of class names or a mapping from space groups to such
+    collections (see :func:`~lmc_lib.alignment.resolve_classes`); a class no space admits is an error.
 
     ``expand`` > 1 widens semi-permutation and orthogonal spaces to round(expand * size) coordinates.
     """
-    classes = {k: tuple(v) for k, v in classes.items()} if isinstance(classes, Mapping) else tuple(classes)
-    names = [c for group in classes.values() for c in group] if isinstance(classes, dict) else classes
-    unknown = [c for c in names if c not in SYMMETRY_CLASSES]
-    if unknown:
-        raise ValueError(f"unknown symmetry classes {unknown}; expected {tuple(SYMMETRY_CLASSES)}")
-    if expand < 1:
-        raise ValueError(f"expand must be >= 1, got {expand}")
+    if not expand >= 1:
+        raise ValueError(f"random_transform: expand must be >= 1, got {expand}")
+    kinds = resolve_classes(spec, classes, caller="random_transform")
     result: dict[str, Transform] = {}
-    for name, space in spec.spaces.items():
-        kind = space.most_general(classes)
+    for name, kind in kinds.items():
+        space = spec.spaces[name]
         n = space.size
         m = max(n, round(expand * n)) if space.resizable else n
         if kind == "permutation":

@@ -103,7 +103,7 @@ class AdapterContract:
         assert same_state(a, a_copy) and same_state(b, b_copy)
 
 
-def _compatible_groups(spec: lmc.SymmetrySpec, transforms: dict) -> list[list[str]]:
+def _compatible_groups(spec: lmc.spec.SymmetrySpec, transforms: dict) -> list[list[str]]:
     """Split spaces into groups that one transform() call accepts (resizing spaces go alone)."""
     resizing = [n for n, t in transforms.items() if t.size_out != t.size_in]
     square = [n for n in transforms if n not in resizing]

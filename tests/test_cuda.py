@@ -146,7 +146,7 @@ def test_training_on_cuda_follows_the_cpu_run():
 
 @pytest.mark.parametrize("name", ["vit-mnist", "gpt2-shakespeare"])
 def test_trained_pair_hands_back_models_and_batches_on_the_device(name, shared_root, tmp_path):
-    pair = lmc.trained_pair(tiny(name), root=shared_root, cache=tmp_path, device=DEVICE)
+    pair = lmc.book.trained_pair(tiny(name), root=shared_root, cache=tmp_path, device=DEVICE)
     assert_on_device(pair.a) and assert_on_device(pair.b)
     assert all(x.device.type == y.device.type == DEVICE.type for x, y in pair.test_batches + pair.train_batches)
     loss, _ = lmc.evaluate(pair.a, pair.test_batches)

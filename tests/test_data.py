@@ -66,10 +66,10 @@ def test_subset_keeps_the_first_examples():
 
 def test_data_root_prefers_the_argument_then_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LMC_DATA_DIR", str(tmp_path / "env"))
-    assert lmc.data_root(tmp_path / "arg") == tmp_path / "arg"
-    assert lmc.data_root() == tmp_path / "env"
+    assert lmc.data.data_root(tmp_path / "arg") == tmp_path / "arg"
+    assert lmc.data.data_root() == tmp_path / "env"
     monkeypatch.delenv("LMC_DATA_DIR")
-    assert lmc.data_root() == Path("~/.cache/lmc_lib/data").expanduser()
+    assert lmc.data.data_root() == Path("~/.cache/lmc_lib/data").expanduser()
 
 
 @pytest.mark.parametrize("loader", [lmc.mnist, lmc.cifar10], ids=["mnist", "cifar10"])
@@ -105,7 +105,7 @@ def test_mnist_reads_the_environment_root(shared_root, monkeypatch):
 
 
 def test_mnist_loader_gives_the_same_images(shared_root):
-    loader = lmc.mnist_loader(train=False, batch_size=16, root=shared_root)
+    loader = lmc.data.mnist_loader(train=False, batch_size=16, root=shared_root)
     x, y = next(iter(loader))
     data = lmc.mnist(train=False, root=shared_root, download=False)
     torch.testing.assert_close(x, data.inputs[:16], rtol=0, atol=1e-5)

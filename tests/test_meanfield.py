@@ -73,7 +73,7 @@ def test_particle_matching_recovers_a_planted_permutation(weighted, generator):
     train, _ = mf.teacher_data(mf.TeacherTask(dim=4, train_size=100, test_size=1))
     a = mf.meanfield_net(4, 40, seed=0)
     b = lmc.transform(a, lmc.random_transform(lmc.spec_for(a), ("permutation",), generator))
-    moments = lmc.input_moments(a, train.batches(50))["fc1"] if weighted else None
+    moments = lmc.ot.input_moments(a, train.batches(50))["fc1"] if weighted else None
     aligned = mf.particle_matching(a, b, moments=moments).apply(b)
     torch.testing.assert_close(mf.particles(aligned), mf.particles(a))
     assert mf.midpoint_error(a, aligned, train.inputs) < 1e-6 < mf.midpoint_error(a, b, train.inputs)

@@ -66,5 +66,7 @@ def test_classes_can_be_chosen_per_group(generator):
     by_group = lmc.weight_matching(a, b, classes={"hidden": ("permutation",)})
     plain = lmc.weight_matching(a, b)
     assert all(torch.equal(by_group.transforms[n].indices, plain.transforms[n].indices) for n in spec.spaces)
-    assert lmc.weight_matching(a, b, classes={"residual": ("orthogonal",)}).transforms == {}
-    assert lmc.random_transform(spec, {"residual": ("orthogonal",)}, generator) == {}
+    with pytest.raises(ValueError, match="space groups \\['residual'\\] that the mlp spec does not have"):
+        lmc.weight_matching(a, b, classes={"residual": ("orthogonal",)})
+    with pytest.raises(ValueError, match="space groups \\['residual'\\] that the mlp spec does not have"):
+        lmc.random_transform(spec, {"residual": ("orthogonal",)}, generator)

@@ -14,8 +14,8 @@ import lmc_lib.training as training
 from contract import same_state
 
 SHARED = Path(os.environ.get("LMC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-NAMED = [(name, scale) for name, scales in lmc.RECIPES.items() for scale in scales]
-FAMILY = {lmc.ViTConfig: "timm-vit", lmc.GPTConfig: "hf-gpt2"}
+NAMED = [(name, scale) for name, scales in lmc.book.RECIPES.items() for scale in scales]
+FAMILY = {lmc.book.ViTConfig: "timm-vit", lmc.book.GPTConfig: "hf-gpt2"}
 
 
 @pytest.fixture
@@ -27,21 +27,21 @@ def shared_root() -> Path:
 
 def example_input(config) -> torch.Tensor:
     """Two inputs of the shape the recipe's data has."""
-    if isinstance(config, lmc.ViTConfig):
+    if isinstance(config, lmc.book.ViTConfig):
         return torch.randn(2, config.in_channels, config.image_size, config.image_size)
     return torch.randint(0, config.vocab_size, (2, config.block_size))
 
 
 @pytest.mark.parametrize("name, scale", NAMED, ids=[f"{n}-{s}" for n, s in NAMED])
 def test_every_named_recipe_builds_a_model_of_its_family_that_reads_its_data(name, scale):
-    recipe = lmc.RECIPES[name][scale]
+    recipe = lmc.book.RECIPES[name][scale]
     torch.manual_seed(0)
     model = recipe.model.build().eval()
-    assert lmc.family_of(model).name == FAMILY[type(recipe.model)]
+    assert lmc.family.family_of(model).name == FAMILY[type(recipe.model)]
     lmc.spec_for(lmc.canonicalize(model))  # the canonical form has a valid spec
     with torch.no_grad():
         output = model(example_input(recipe.model))
-    if isinstance(recipe.model, lmc.GPTConfig):
+    if isinstance(recipe.model, lmc.book.GPTConfig):
         assert output.logits.shape == (2, recipe.model.block_size, recipe.model.vocab_size)
         assert model.lm_head.weight is not model.transformer.wte.weight  # untied, as in the paper
     else:
@@ -49,10 +49,10 @@ def test_every_named_recipe_builds_a_model_of_its_family_that_reads_its_data(nam
 
 
 def test_scales_grow_and_the_paper_scale_is_the_papers_model():
-    for scales in lmc.RECIPES.values():
+    for scales in lmc.book.RECIPES.values():
         sizes = [sum(p.numel() for p in scales[s].model.build().parameters()) for s in ("ci", "book", "paper")]
         assert sizes == sorted(sizes) and len(set(sizes)) == 3
-    vit, gpt = lmc.RECIPES["vit-cifar10"]["paper"], lmc.RECIPES["gpt2-shakespeare"]["paper"]
+    vit, gpt = lmc.book.RECIPES["vit-cifar10"]["paper"], lmc.book.RECIPES["gpt2-shakespeare"]["paper"]
     assert (vit.model.depth, vit.model.num_heads, vit.model.embed_dim, vit.model.mlp_dim, vit.model.patch_size) == (6, 8, 256, 512, 4)
     assert (vit.training.epochs, vit.training.lr, vit.training.weight_decay) == (150, 3e-4, 1e-3)
     assert (gpt.model.n_layer, gpt.model.n_head, gpt.model.n_embd, gpt.model.n_inner, gpt.model.block_size) == (6, 4, 256, 1024, 256)
@@ -61,14 +61,14 @@ def test_scales_grow_and_the_paper_scale_is_the_papers_model():
 
 def test_unknown_names_and_datasets_are_refused():
     with pytest.raises(KeyError, match="no recipe 'vit-mnist' at scale 'huge'"):
-        lmc.trained_pair("vit-mnist", "huge")
+        lmc.book.trained_pair("vit-mnist", "huge")
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
-        lmc.Recipe(lmc.ViTConfig(), lmc.TrainConfig(), "imagenet")
+        lmc.book.Recipe(lmc.book.ViTConfig(), lmc.TrainConfig(), "imagenet")
 
 
-def tiny(name: str) -> lmc.Recipe:
+def tiny(name: str) -> lmc.book.Recipe:
     """The ci recipe cut to a few seconds: a few dozen examples, one epoch."""
-    recipe = lmc.RECIPES[name]["ci"]
+    recipe = lmc.book.RECIPES[name]["ci"]
     return replace(recipe, training=replace(recipe.training, epochs=1, warmup_steps=0),
                    n_train=48, n_test=20, n_statistics=10, eval_batch_size=8)
 
@@ -76,7 +76,7 @@ def tiny(name: str) -> lmc.Recipe:
 @pytest.mark.parametrize("name", ["vit-mnist", "gpt2-shakespeare"])
 def test_trained_pair_trains_two_seeds_then_loads_them_from_the_cache(name, shared_root, tmp_path, monkeypatch):
     recipe = tiny(name)
-    a, b, test_batches, train_batches = lmc.trained_pair(recipe, root=shared_root, cache=tmp_path)
+    a, b, test_batches, train_batches = lmc.book.trained_pair(recipe, root=shared_root, cache=tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
     assert not a.training and not b.training
     assert not torch.equal(next(a.parameters()), next(b.parameters()))
@@ -87,13 +87,13 @@ def test_trained_pair_trains_two_seeds_then_loads_them_from_the_cache(name, shar
         raise AssertionError("trained again instead of loading the cache")
 
     monkeypatch.setattr(training, "_fit", refuse)
-    again = lmc.trained_pair(recipe, root=shared_root, cache=tmp_path)
+    again = lmc.book.trained_pair(recipe, root=shared_root, cache=tmp_path)
     assert same_state(a, again.a) and same_state(b, again.b)
     assert again.recipe is recipe
 
 
 def test_a_vocabulary_that_does_not_fit_is_refused(shared_root):
-    recipe = replace(tiny("gpt2-shakespeare"), model=replace(lmc.GPTConfig(), vocab_size=50))
+    recipe = replace(tiny("gpt2-shakespeare"), model=replace(lmc.book.GPTConfig(), vocab_size=50))
     with pytest.raises(ValueError, match="vocab_size is 50 but Tiny Shakespeare has 65 characters"):
         recipe.data("test", root=shared_root)
 
@@ -101,7 +101,7 @@ def test_a_vocabulary_that_does_not_fit_is_refused(shared_root):
 def test_paper_table_puts_the_papers_barrier_beside_ours():
     lambdas = np.linspace(0, 1, 3)
     curve = lmc.BarrierCurve(lambdas, np.array([0.5, 1.5, 0.5]), np.array([0.9, 0.6, 0.9]))
-    table = lmc.compare_with_paper({"vanilla averaging": curve, "something new": curve}, "ViT CIFAR-10")
+    table = lmc.book.compare_with_paper({"vanilla averaging": curve, "something new": curve}, "ViT CIFAR-10")
     assert table.columns == ("path", "loss barrier", "accuracy barrier", "paper: ViT CIFAR-10")
     assert table.rows == (("vanilla averaging", 1.0, pytest.approx(0.3), "1.69"), ("something new", 1.0, pytest.approx(0.3), "-"))
 
@@ -112,15 +112,15 @@ def logits(model, x) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("config", [
-    lmc.ViTConfig(image_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2, mlp_dim=16, pool="avg"),
-    lmc.GPTConfig(block_size=8, n_embd=16, n_layer=2, n_head=2, n_inner=16),
+    lmc.book.ViTConfig(image_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2, mlp_dim=16, pool="avg"),
+    lmc.book.GPTConfig(block_size=8, n_embd=16, n_layer=2, n_head=2, n_inner=16),
 ], ids=["vit", "gpt2"])
 def test_alignment_paths_start_at_a_and_end_at_b(config):
     torch.manual_seed(0)
     a, b = (lmc.canonicalize(config.build().eval()) for _ in range(2))
     x = example_input(config)
     data = [(example_input(config), None) for _ in range(3)]
-    paths = lmc.alignment_paths(a, b, data)
+    paths = lmc.book.alignment_paths(a, b, data)
     with torch.no_grad():
         assert not torch.allclose(logits(a, x), logits(b, x), atol=1e-3)  # so that swapped ends would show
     assert len(paths) == 7 and "weight matching, orthogonal + circuit interpolation" in paths

@@ -10,11 +10,11 @@ from strategies import build_mlp, mlp_configs
 
 
 
-def fused_spec() -> lmc.SymmetrySpec:
+def fused_spec() -> lmc.spec.SymmetrySpec:
     """Two spaces sharing the rows of one fused tensor "w" (6 x 4): q owns rows 0-3 in blocks of 2, k rows 4-5."""
-    q = lmc.Space("q", 2, ("permutation",), writes=(lmc.Axis("w", 0, 0, 4, block=2),), reads=(lmc.Axis("v", 1),))
-    k = lmc.Space("k", 2, ("permutation", "orthogonal"), writes=(lmc.Axis("w", 0, 4, 2),), reads=())
-    return lmc.SymmetrySpec("fused", {"q": q, "k": k}, invariant=("b",))
+    q = lmc.spec.Space("q", 2, ("permutation",), writes=(lmc.spec.Axis("w", 0, 0, 4, block=2),), reads=(lmc.spec.Axis("v", 1),))
+    k = lmc.spec.Space("k", 2, ("permutation", "orthogonal"), writes=(lmc.spec.Axis("w", 0, 4, 2),), reads=())
+    return lmc.spec.SymmetrySpec("fused", {"q": q, "k": k}, invariant=("b",))
 
 
 def fused_state() -> dict[str, torch.Tensor]:
@@ -23,37 +23,37 @@ def fused_state() -> dict[str, torch.Tensor]:
 
 def test_axis_extent_and_whole_dimension():
     shape = torch.Size([6, 4])
-    assert lmc.Axis("w", 0).extent(shape) == 6 and lmc.Axis("w", 0).covers_whole_dim(shape)
-    assert lmc.Axis("w", 0, 4).extent(shape) == 2 and not lmc.Axis("w", 0, 4).covers_whole_dim(shape)
-    assert lmc.Axis("w", 1, 0, 3).extent(shape) == 3 and not lmc.Axis("w", 1, 0, 3).covers_whole_dim(shape)
+    assert lmc.spec.Axis("w", 0).extent(shape) == 6 and lmc.spec.Axis("w", 0).covers_whole_dim(shape)
+    assert lmc.spec.Axis("w", 0, 4).extent(shape) == 2 and not lmc.spec.Axis("w", 0, 4).covers_whole_dim(shape)
+    assert lmc.spec.Axis("w", 1, 0, 3).extent(shape) == 3 and not lmc.spec.Axis("w", 1, 0, 3).covers_whole_dim(shape)
 
 
 def test_flatten_axis_gives_one_row_per_coordinate():
     w = torch.arange(24.0).view(6, 4)
-    rows = flatten_axis(w, lmc.Axis("w", 0, 0, 4, block=2))
+    rows = flatten_axis(w, lmc.spec.Axis("w", 0, 0, 4, block=2))
     assert torch.equal(rows, torch.cat([w[0:2].reshape(1, -1), w[2:4].reshape(1, -1)]))
-    columns = flatten_axis(w, lmc.Axis("w", 1))
+    columns = flatten_axis(w, lmc.spec.Axis("w", 1))
     assert torch.equal(columns, w.T)
-    tail = flatten_axis(w, lmc.Axis("w", -2, 4, 2))
+    tail = flatten_axis(w, lmc.spec.Axis("w", -2, 4, 2))
     assert torch.equal(tail, w[4:6])
 
 
 def test_space_refuses_unknown_class():
     with pytest.raises(ValueError, match=r"space 'h': unknown symmetry classes \['rotation'\]"):
-        lmc.Space("h", 3, ("permutation", "rotation"), writes=(), reads=())
+        lmc.spec.Space("h", 3, ("permutation", "rotation"), writes=(), reads=())
 
 
 def test_most_general_admitted_class():
-    space = lmc.Space("h", 3, ("permutation", "semi_permutation"), writes=(), reads=())
+    space = lmc.spec.Space("h", 3, ("permutation", "semi_permutation"), writes=(), reads=())
     assert space.most_general(("permutation", "semi_permutation", "orthogonal")) == "semi_permutation"
     assert space.most_general(("permutation", "invertible")) == "permutation"
     assert space.most_general(("orthogonal",)) is None
 
 
 def test_spec_key_must_match_space_name():
-    space = lmc.Space("h", 3, ("permutation",), writes=(), reads=())
+    space = lmc.spec.Space("h", 3, ("permutation",), writes=(), reads=())
     with pytest.raises(ValueError, match="spec key 'g' differs from its space's name 'h'"):
-        lmc.SymmetrySpec("toy", {"g": space})
+        lmc.spec.SymmetrySpec("toy", {"g": space})
 
 
 def test_reverse_index_lists_every_axis_once():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .barrier import BarrierCurve
+from ..barrier import BarrierCurve
 
 __all__ = ["Table", "barrier_table"]
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from .activations import activation_matching
-from .barrier import BarrierCurve
-from .circuits import circuit_pair
-from .data import TensorData, cifar10, mnist, tiny_shakespeare
-from .matching import weight_matching
+from ..activations import activation_matching
+from ..barrier import BarrierCurve
+from ..circuits import circuit_pair
+from ..data import TensorData, cifar10, mnist, tiny_shakespeare
+from ..matching import weight_matching
 from .report import Table
-from .training import TrainConfig, train
+from ..training import TrainConfig, train
 
 __all__ = [
     "ViTConfig", "GPTConfig", "Recipe", "TrainedPair", "RECIPES", "recipe", "trained_pair",
