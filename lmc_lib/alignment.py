@@ -113,7 +113,10 @@ def compare_architectures(arch_a: Mapping[str, tuple[str, dict]], arch_b: Mappin
         (type_a, set_a), (type_b, set_b) = arch_a[name], arch_b[name]
         where = name or "<the model itself>"
         if type_a != type_b:
-            raise ValueError(f"{what} differ at module {where!r}: {type_a} vs {type_b}")
+            hint = ""
+            if {type_a, type_b} == {"RMSNorm", "LayerNorm"}:
+                hint = " (one is in canonical form and the other is not: call lmc.canonicalize on the other first)"
+            raise ValueError(f"{what} differ at module {where!r}: {type_a} vs {type_b}{hint}")
         for key in sorted(set(set_a) | set(set_b)):
             if not _same(set_a.get(key), set_b.get(key)):
                 raise ValueError(f"{what} differ at module {where!r}: {key} = {set_a.get(key)!r} vs {set_b.get(key)!r}")
@@ -144,17 +147,16 @@ def check_model(model: nn.Module, spec: SymmetrySpec, reference: Mapping[str, tu
     A spec found on canonical copies does not describe the LayerNorm original: applying its
     transforms there would silently change the function.
     """
+    if reference is not None:
+        compare_architectures(reference, architecture(model), what="the alignment's model and this one")
     own = spec_for(model)
     if own != spec:
         hint = ""
-        if own.family == spec.family and any(n not in own.spaces or own.spaces[n] != s for n, s in spec.spaces.items()):
-            residual_own, residual_spec = own.spaces.get("residual"), spec.spaces.get("residual")
-            if residual_own is not None and residual_spec is not None and residual_own.classes != residual_spec.classes:
-                hint = " (one is in canonical form and the other is not: call lmc.canonicalize on the model first)"
-        raise ValueError(f"the model is not the one the alignment's spec describes: a {own.family} model whose "
+        residual_own, residual_spec = own.spaces.get("residual"), spec.spaces.get("residual")
+        if residual_own is not None and residual_spec is not None and residual_own.classes != residual_spec.classes:
+            hint = " (one is in canonical form and the other is not: call lmc.canonicalize on the model first)"
+        raise ValueError(f"the model is not the one the spec describes: a {own.family} model whose "
                          f"spaces differ from the {spec.family} spec's{hint}")
-    if reference is not None:
-        compare_architectures(reference, architecture(model), what="the alignment's model and this one")
 
 
 def _class_name(item: object, where: str) -> str:

@@ -1,13 +1,13 @@
 """Find the transforms that align model B to model A from their weights, written once against the SymmetrySpec.
 
 :func:`weight_matching` (data-free; Git Re-Basin, and the paper's weight matching for Transformers)
-runs coordinate descent over spaces: for each space, C = sum over the tensors touching it of
+runs coordinate ascent over spaces: for each space, C = sum over the tensors touching it of
 W_A (W_B with the other spaces' transforms applied)^T, then the permutation maximising <P, C>
 (linear assignment), the orthogonal map maximising <O, C> (Procrustes, U V^T) or the invertible
-map fitting both sides by least squares (:func:`fit_invertible`); spaces that declare circuits
-(attention heads) compare their QK and OV products instead. :func:`~lmc_lib.activations.activation_matching`
-does the same from activations. Both return an :class:`Alignment`; ``alignment.apply(b)`` is the
-aligned copy of B.
+map fitting both sides by least squares; spaces that declare circuits (attention heads) compare
+their QK and OV products instead. A step is kept only when it raises one objective for the whole
+alignment, so the ascent converges. It returns an :class:`~lmc_lib.alignment.Alignment`;
+``alignment.apply(b)`` is the aligned copy of B.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
+
+import warnings
 
 import numpy as np
 import torch
@@ -57,6 +59,11 @@ class _Statistics:
     def double(self) -> _Statistics:
         return _Statistics(*(None if x is None else x.double().cpu() for x in vars(self).values()))
 
+    def writers_only(self) -> _Statistics:
+        """The writers' sums alone (an invertible space's readers wait for the next space's alignment)."""
+        return _Statistics(self.cross, torch.zeros_like(self.cross_read), self.gram_write_b,
+                           torch.zeros_like(self.gram_read_a), self.gram_read_b)
+
     def moved(self, t: Transform) -> _Statistics:
         """The sums after B moves by T: writers X -> T X, readers Y -> T^-T Y."""
         if t.kind != "invertible":  # T^-T = T
@@ -88,14 +95,29 @@ def _objective(t: Transform, stats: _Statistics) -> float:
     )
 
 
-def _solve(kind: str, stats: _Statistics, limit: float) -> Transform:
+def _solve(kind: str, stats: _Statistics, limit: float) -> Transform | ValueError:
     """The element of ``kind`` maximising the space's objective (exactly, except for invertible maps,
-    whose condition number must stay below ``limit``, what the model's dtype carries)."""
+    whose condition number must stay below ``limit``, what the model's dtype carries).
+
+    An invertible map has no closed form under both sides' terms (readers move by T^-T); of the
+    least-squares fits of both sides and of the writers alone (exact when B's writers are A's under
+    T, whatever the readers, which the next space has not aligned yet) the one with the larger
+    objective is taken. When no fit is within ``limit`` the error saying so is returned (no step).
+    """
     if kind == "permutation":
         return solve_assignment(stats.cross)
     if kind == "orthogonal":
         return nearest_orthogonal(stats.cross)
-    return fit_invertible(stats.cross + stats.cross_read, stats.gram_write_b, stats.gram_read_a, max_condition=limit)
+    sides = ((stats.cross + stats.cross_read, stats.gram_read_a), (stats.cross, torch.zeros_like(stats.gram_read_a)))
+    fits, errors = [], []
+    for cross, gram_read_a in sides:
+        try:
+            fits.append(fit_invertible(cross, stats.gram_write_b, gram_read_a, max_condition=limit))
+        except ValueError as error:
+            errors.append(error)
+    if not fits:
+        return errors[0]
+    return max(fits, key=lambda t: _objective(t, stats))
 
 
 def _applied(tensor: Tensor, param: str, spec: SymmetrySpec, transforms: Mapping[str, Transform]) -> Tensor:
@@ -153,6 +175,15 @@ class _WeightState:
             if later and not (spec.spaces[name].circuits and kinds[name] == "permutation"):
                 raise ValueError(f"weight matching: space {name!r} shares entries with the later space {later[0]!r}; "
                                  "only permutations of blocks compared by circuits (which the later ones leave invariant) may")
+        circuit_spaces = [n for n in kinds if spec.spaces[n].circuits]
+        self.circuits_reading = {
+            n: [c for c in circuit_spaces if c != n and not spec.spaces[c].params.isdisjoint(
+                a.param for a in spec.spaces[n].axes) and n not in spec.overlapping(c)]
+            for n in kinds
+        }
+        #: the size of J's terms, for a relative tolerance: sum_p ||A_p||^2 + ||B_p||^2
+        self.scale = sum(float(state_a[p].double().square().sum() + state_b[p].double().square().sum())
+                         for p in readers)
         raw = {p: (state_a[p].detach().to(dtype), state_b[p].detach().to(dtype)) for p in cached}
         self.cached = {n: self._sums(spec.spaces[n], lambda axis: axis.param in raw, raw.__getitem__) for n in kinds}
 
@@ -220,14 +251,37 @@ class _WeightState:
             return _Statistics(self._circuit_score(space).double().cpu())
         return _total(self._sums(space, lambda axis: axis.param in self.b), self._moved_cache(name))
 
-    def step(self, name: str, delta: Transform) -> None:
-        """T becomes Delta T; B' follows."""
+    def circuit_value(self, name: str) -> float:
+        """sum_i <C_A^i, C_B'^i> over the circuits of a heads space at its current arrangement."""
+        space = self.spec.spaces[name]
+
+        def factor(tensors: Mapping[str, Tensor], axes: tuple[Axis, ...]) -> Tensor:  # (size, block, features)
+            return torch.cat([flatten_axis(tensors[a.param], a, keep_block=True) for a in axes], dim=-1)
+
+        total = 0.0
+        for circuit in space.circuits:
+            left, right = (torch.einsum("irf,isf->irs", factor(self.a, axes), factor(self.b, axes))
+                           for axes in (circuit.left, circuit.right))
+            total += float((left * right).sum())
+        return total
+
+    def _terms(self, name: str) -> float:
+        """The parts of J that a step of the space changes beyond its own objective: the circuit values
+        of other heads spaces that read its tensors (through the residual), and for a heads space,
+        whose own objective is its circuit value, sum_p <A_p, B'_p> over its tensors (its
+        permutations keep norms, so these carry the change of its distance terms)."""
+        total = sum(self.circuit_value(other) for other in self.circuits_reading.get(name, ()))
+        if self.spec.spaces[name].circuits:
+            params = {a.param for a in self.spec.spaces[name].axes}
+            total += sum(float((self.a[p] * self.b[p]).sum()) for p in params)
+        return total
+
+    def _apply_step(self, name: str, delta: Transform) -> None:
         space = self.spec.spaces[name]
         self.transforms[name] = delta.compose(self.transforms[name])
         params = {a.param for a in space.axes} & self.b.keys()
         if self.later[name]:
-            for param in params:
-                self.b[param] = _applied(self.raw_b[param].detach().to(self.dtype), param, self.spec, self.transforms)
+            self._reapply(params)
             return
         write = delta if isinstance(delta, Permutation) else delta.matrix
         read = delta if isinstance(delta, Permutation) else delta.read_matrix.T
@@ -235,6 +289,33 @@ class _WeightState:
             for axis in axes:
                 if axis.param in params:
                     self.b[axis.param] = apply_along(self.b[axis.param], axis, matrix)
+
+    def _reapply(self, params) -> None:
+        """B' of ``params`` recomputed from raw B under the current transforms (one tensor at a time)."""
+        for param in params:
+            self.b[param] = _applied(self.raw_b[param].detach().to(self.dtype), param, self.spec, self.transforms)
+
+    def try_step(self, name: str, delta: Transform, own: float, threshold: float, *, force: bool) -> float | None:
+        """Take the step T -> Delta T if it raises J by more than ``threshold`` (or ``force``): its gain, else
+        None, with the state as it was.
+
+        J = -1/2 sum_p ||A_p - B'_p||^2 + sum over matched heads spaces of their circuit values; ``own``
+        is the change of the space's own part of J, the rest is measured around the step. B' is moved
+        in place, one tensor at a time, and a refused step is undone from raw B.
+        """
+        before = self._terms(name)
+        previous = self.transforms[name]
+        self._apply_step(name, delta)
+        gain = own + self._terms(name) - before
+        if force or gain > threshold:
+            return gain
+        self.transforms[name] = previous
+        self._reapply({a.param for a in self.spec.spaces[name].axes} & self.b.keys())
+        return None
+
+    def step(self, name: str, delta: Transform) -> None:
+        """T becomes Delta T; B' follows."""
+        self._apply_step(name, delta)
 
 
 def weight_matching(
@@ -248,25 +329,29 @@ def weight_matching(
     tolerance: float = 1e-12,
     progress: bool = False,
 ) -> Alignment:
-    """Align B to A from the weights alone: maximise sum_spaces f_space(T) by coordinate descent.
+    """Align B to A from the weights alone: maximise one objective J by coordinate ascent over spaces.
 
-    f_space(T) = sum over the space's tensors of <W_A, T(W_B)> - ||T(W_B)||^2 / 2 (minus half the
-    squared distance; the inner product for permutations and orthogonal maps), or the summed
-    circuit inner products for spaces with circuits (attention heads). Each step re-solves one
-    space given the others: assignment for permutations, Procrustes for orthogonal maps,
-    :func:`fit_invertible` for invertible ones (e.g. ``{"qk": ("invertible",), "ov": ("invertible",)}``:
-    each head's factors). The first sweep visits the spaces in spec order (a family lists its
-    best-anchored space first); an ``anchored`` space (the residual stream) is solved there from
-    the tensors only it touches (embeddings, head), as in the paper. Later sweeps go in a seeded
-    random order; a step is kept when it gains more than ``tolerance`` (relative). It stops after
-    ``max_iter`` sweeps (default: the spec's ``rounds``, 5 for Transformers; else 100) or a sweep
-    in which no space improved. ``history`` holds the summed gains over the identity after each
-    sweep (never decreasing after the first). ``classes`` is a preset of
-    :data:`~lmc_lib.alignment.CLASS_PRESETS` ("paper": an orthogonal residual and permutations of
-    heads and MLP units, for models in canonical form; "permutations"), class names, or a mapping
-    from space groups to them, e.g. ``{"residual": ("orthogonal",), "heads": ("permutation",)}``.
-    Scores are computed in ``score_dtype`` on the models' device (float32 halves time and memory on
-    large models); the transforms are float64.
+    J = -1/2 sum_p ||A_p - B'_p||^2 + sum_heads sum_i <QK_A^i, QK_B'^i> + <OV_A^i, OV_B'^i>, with B' = B
+    under the current transforms: the distance of the tensors, plus, for matched attention heads,
+    the inner products of their circuits (which the maps inside a head leave unchanged). Each step
+    re-solves one space given the others from its own part of J: assignment for permutations,
+    Procrustes for orthogonal maps, :func:`~lmc_lib.solvers.fit_invertible` for invertible ones
+    (e.g. ``{"qk": ("invertible",), "ov": ("invertible",)}``: each head's factors), assignment on
+    circuit inner products for heads. A step is kept when it raises J by more than ``tolerance``
+    times sum_p ||A_p||^2 + ||B_p||^2, so J never decreases and the descent stops. The first sweep
+    visits the spaces in spec order (a family lists its best-anchored space first); an ``anchored``
+    space (the residual stream) is solved there from the tensors only it touches (embeddings,
+    head), as in the paper, and an invertible space from its writers alone (which the spaces before
+    it have aligned: this recovers a planted invertible map of a chain of linear layers exactly);
+    these first steps are kept whatever they do to J. Later sweeps go in a seeded random order. It stops after ``max_iter``
+    sweeps (default: the spec's ``rounds``, 5 for Transformers, as in the paper; else 100) or a
+    sweep in which no step was kept. ``history`` holds J(aligned B) - J(B) after each sweep.
+    ``classes`` is a preset of :data:`~lmc_lib.alignment.CLASS_PRESETS` ("paper": an orthogonal
+    residual and permutations of heads and MLP units, for models in canonical form;
+    "permutations"), class names, or a mapping from space groups to them, e.g.
+    ``{"residual": ("orthogonal",), "heads": ("permutation",)}``. Scores are computed in
+    ``score_dtype`` on the models' device (float32 halves time and memory on large models); the
+    transforms are float64.
     """
     spec = matched_pair(a, b, caller="weight_matching")
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
@@ -279,9 +364,11 @@ def weight_matching(
     state = _WeightState(spec, kinds, a.state_dict(), b.state_dict(), score_dtype)
     limit = min(max_condition(t.dtype) for t in a.state_dict().values() if t.is_floating_point())
     max_iter = max_iter if max_iter is not None else spec.rounds or MAX_SWEEPS
+    threshold = tolerance * max(1.0, state.scale)
     rng = np.random.default_rng(seed)
     names = list(kinds)
     history: list[float] = []
+    unfit: dict[str, str] = {}
     gain = 0.0
     workers = max(1, torch.get_num_threads())
     with ThreadPoolExecutor(workers) as pool:
@@ -290,13 +377,22 @@ def weight_matching(
             order = names if sweep == 0 else [names[i] for i in rng.permutation(len(names))]
             for stage in _stages(order, spec):
                 for name, stats, first_anchor, delta in _solved(stage, state, pool, workers, limit, first=sweep == 0):
-                    old, new = _objective(identity(kinds[name], spec.spaces[name].size), stats), _objective(delta, stats)
-                    if first_anchor or new > old + tolerance * max(1.0, abs(old)):
-                        state.step(name, delta)
-                        improved, gain = True, gain + new - old
+                    if isinstance(delta, ValueError):  # no invertible fit the dtype carries: no step
+                        if sweep == 0:
+                            unfit[name] = str(delta)
+                        continue
+                    own = _objective(delta, stats) - _objective(identity(kinds[name], spec.spaces[name].size), stats)
+                    step_gain = state.try_step(name, delta, own, threshold, force=first_anchor)
+                    if step_gain is not None:
+                        improved, gain = True, gain + step_gain
             history.append(gain)
             if not improved:
                 break
+    if unfit:
+        names = ", ".join(repr(n) for n in unfit)
+        warnings.warn(f"weight_matching: the writers of spaces {names} do not determine their invertible maps "
+                      f"({next(iter(unfit.values()))}); the descent may stop short of a planted map there",
+                      stacklevel=2)
     return Alignment(state.transforms, spec, tuple(history), architecture(b))
 
 
@@ -317,21 +413,23 @@ def _stages(order: Sequence[str], spec: SymmetrySpec) -> list[list[str]]:
 
 
 def _solved(stage: list[str], state: _WeightState, pool: ThreadPoolExecutor, workers: int, limit: float,
-            *, first: bool) -> Iterator[tuple[str, _Statistics, bool, Transform]]:
+            *, first: bool) -> Iterator[tuple[str, _Statistics, bool, Transform | ValueError]]:
     """(name, statistics, solved from its anchors, best step) for each space of a stage, in order.
 
     The solvers (scipy's assignment releases the GIL) run in ``pool`` while the next spaces' score
     products are computed; at most ``workers`` are pending, so a few size x size scores are held."""
     pending: deque[tuple[str, _Statistics, bool, Future]] = deque()
 
-    def done() -> tuple[str, _Statistics, bool, Transform]:
+    def done() -> tuple[str, _Statistics, bool, Transform | ValueError]:
         name, stats, first_anchor, solving = pending.popleft()
         return name, stats, first_anchor, solving.result()
 
     for name in stage:
         stats = state.statistics(name)
-        first_anchor = first and state.anchored(name)
-        target = state.anchors(name) if first_anchor else stats
+        first_anchor = first and (state.anchored(name) or state.kinds[name] == "invertible")
+        target = stats
+        if first_anchor:
+            target = state.anchors(name) if state.anchored(name) else stats.writers_only()
         pending.append((name, stats, first_anchor, pool.submit(_solve, state.kinds[name], target, limit)))
         if len(pending) > workers:
             yield done()

@@ -56,5 +56,6 @@ def fit_invertible(cross: Tensor, gram_write_b: Tensor, gram_read_a: Tensor, *, 
     condition = float(torch.linalg.cond(matrix)) if matrix.numel() else 1.0
     if not condition < limit:
         raise ValueError(f"invertible fit: the least-squares map has condition number {condition:.3g} "
-                         f"(limit {limit:.3g}); the statistics are rank-deficient and do not determine it")
+                         f"(limit {limit:.3g}, what the model's dtype carries): the statistics do not determine a "
+                         "well-conditioned map (rank-deficient or unrelated weights)")
     return Invertible(matrix, max_condition=limit)

@@ -106,6 +106,9 @@ class Space:
     #: embeddings and the head pin the residual stream): the first sweep of weight matching solves
     #: it from them alone, since the other spaces of its remaining tensors are not aligned yet
     anchored: bool = False
+    #: True when norms read the space (a Transformer's residual stream): a rectangular orthogonal map
+    #: then needs the family's rescaling of readers and eps, so only lmc.transform may resize it
+    normed: bool = False
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.classes if c not in CLASS_ORDER]

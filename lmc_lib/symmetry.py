@@ -219,7 +219,7 @@ class Orthogonal(Transform):
 
     orthogonal: Tensor
     kind: ClassVar[str] = "orthogonal"
-    atol: float = field(default=1e-4, compare=False)
+    atol: float = field(default=1e-6, compare=False)
 
     def __post_init__(self) -> None:
         matrix = _as_float64(self.orthogonal, "Orthogonal")
@@ -229,6 +229,9 @@ class Orthogonal(Transform):
         error = float((matrix.T @ matrix - torch.eye(n, dtype=torch.float64)).abs().max()) if n else 0.0
         if error > self.atol:
             raise ValueError(f"Orthogonal: matrix is not orthogonal, max |O^T O - I| = {error:.3g} > {self.atol:g}")
+        if error > 1e-13:  # within tolerance (a float32 matrix): its polar factor, so that O^T inverts O exactly
+            u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+            matrix = u @ vh
         object.__setattr__(self, "orthogonal", matrix)
 
     @property

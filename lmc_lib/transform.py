@@ -11,18 +11,19 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .alignment import Classes, resolve_classes
+from .alignment import Classes, check_model, resolve_classes
 from .family import family_of, spec_for
-from .spec import Axis, SymmetrySpec
+from .spec import Axis, Space, SymmetrySpec
 from .symmetry import (
     Invertible,
     Orthogonal,
     Permutation,
     SemiPermutation,
     Transform,
+    max_condition,
 )
 
-__all__ = ["apply_along", "transform_state", "transform", "random_transform"]
+__all__ = ["apply_along", "transform_tensors", "transform_state", "transform", "random_transform"]
 
 
 def apply_along(tensor: Tensor, axis: Axis, matrix: Tensor | Permutation) -> Tensor:
@@ -59,43 +60,101 @@ def _check_resizing(spec: SymmetrySpec, transforms: Mapping[str, Transform]) -> 
                     )
 
 
-def transform_state(
-    state: Mapping[str, Tensor], spec: SymmetrySpec, transforms: Mapping[str, Transform]
-) -> dict[str, Tensor]:
-    """New state dict with every space's transform applied: writers W -> T W, readers V -> V R.
+def _check_condition(name: str, t: Transform, space: Space, state: Mapping[str, Tensor]) -> None:
+    """ValueError when the tensors' dtype cannot carry the invertible map T (see :func:`max_condition`)."""
+    dtypes = {state[axis.param].dtype for axis in space.axes if axis.param in state}
+    limit = min((max_condition(d) for d in dtypes if d.is_floating_point), default=float("inf"))
+    condition = float(torch.linalg.cond(t.matrix))
+    if not condition <= limit:
+        raise ValueError(f"space {name!r}: the invertible map's condition number {condition:.3g} exceeds {limit:.3g}, "
+                         f"the most that {sorted(str(d) for d in dtypes)} tensors carry (cond * eps <= 1e-3)")
 
-    Spaces are applied one after another in spec order; arithmetic is float64.
-    """
+
+def _check_transforms(state: Mapping[str, Tensor], spec: SymmetrySpec, transforms: Mapping[str, Transform], *,
+                      family_lifts: bool) -> None:
+    """ValueError (KeyError for unknown spaces) unless every transform fits its space and ``state``."""
     unknown = [name for name in transforms if name not in spec.spaces]
     if unknown:
         raise KeyError(f"transforms name spaces that the {spec.family} spec does not have: {unknown}")
     for name, t in transforms.items():
         space = spec.spaces[name]
+        if not isinstance(t, Transform):
+            raise TypeError(f"space {name!r}: expected a symmetry element (lmc.Permutation, ...), got {type(t).__name__}")
         if t.size_in != space.size:
             raise ValueError(f"space {name!r} has size {space.size} but its {t.kind} acts on {t.size_in} coordinates")
         if t.kind not in space.classes:
             raise ValueError(f"space {name!r} admits {space.classes}, not {t.kind}")
         if t.size_out != space.size and not space.resizable:
             raise ValueError(f"space {name!r} has a fixed size {space.size}; its {t.kind} would resize it to {t.size_out}")
+        if t.size_out != space.size and space.normed and not family_lifts:
+            raise ValueError(f"space {name!r} is read through norms: resizing it rescales its readers and the norms' "
+                             "eps, which the model's family does; use lmc.transform(model, ...) instead")
+        if t.kind == "invertible":
+            _check_condition(name, t, space, state)
     _check_resizing(spec, transforms)
-    work = {k: v.detach().to(torch.float64) if v.is_floating_point() else v for k, v in state.items()}
+
+
+Maps = Mapping[str, "Transform | tuple[Tensor, Tensor]"]
+
+
+def transform_tensors(tensors: Mapping[str, Tensor], spec: SymmetrySpec, maps: Maps) -> dict[str, Tensor]:
+    """The differentiable core: writers W -> T W, readers V -> V R for every space in ``maps``, in spec order.
+
+    ``maps`` gives, per space, a symmetry element or a pair (T, S) of (M, N) tensors: writers
+    W -> T W and readers V -> V S^T, with S = T^-T (S = T for an orthogonal T). No check, no cast,
+    no detach: gradients flow to ``tensors`` and to the tensor maps, which must share the tensors'
+    dtype and device. Tensors that no mapped space touches are returned as they are.
+    """
+    work = dict(tensors)
     for name, space in spec.spaces.items():
-        t = transforms.get(name)
-        if t is None:
+        given = maps.get(name)
+        if given is None:
             continue
-        write = t if isinstance(t, Permutation) else t.matrix
-        read = t if isinstance(t, Permutation) else t.read_matrix.T
+        if isinstance(given, Permutation):
+            write = read = given
+        elif isinstance(given, Transform):
+            write, read = given.matrix, given.read_matrix.T
+        else:
+            write, read = given
         for role_matrix, axes in ((write, space.writes), (read, space.reads)):
             for axis in sorted(axes, key=lambda a: -a.start):
                 work[axis.param] = apply_along(work[axis.param], axis, role_matrix)
+    return work
+
+
+def _float64_applied(state: Mapping[str, Tensor], spec: SymmetrySpec, transforms: Mapping[str, Transform]):
+    work = {k: v.detach().to(torch.float64) if v.is_floating_point() else v for k, v in state.items()}
+    work = transform_tensors(work, spec, transforms)
     return {k: work[k].to(state[k].dtype) if state[k].is_floating_point() else state[k].clone() for k in state}
 
 
+def transform_state(
+    state: Mapping[str, Tensor], spec: SymmetrySpec, transforms: Mapping[str, Transform]
+) -> dict[str, Tensor]:
+    """New state dict with every space's transform applied: writers W -> T W, readers V -> V R.
+
+    Checked (sizes, classes, what the dtype carries), then :func:`transform_tensors` in float64,
+    cast back. It preserves the function for every transform it accepts; resizing a space that
+    norms read (a lift of the residual stream) needs the family: use :func:`transform`.
+    """
+    _check_transforms(state, spec, transforms, family_lifts=False)
+    return _float64_applied(state, spec, transforms)
+
+
 def transform(model: nn.Module, transforms: Mapping[str, Transform], *, spec: SymmetrySpec | None = None) -> nn.Module:
-    """A new model computing the same function as ``model``, with ``transforms`` (space -> element) applied."""
-    spec = spec_for(model) if spec is None else spec
-    state = transform_state(model.state_dict(), spec, transforms)
-    return family_of(model).rebuild(model, state)
+    """A new model computing the same function as ``model``, with ``transforms`` (space -> element) applied.
+
+    A ``spec`` given must be ``model`` 's own (ValueError otherwise: a spec of a canonical copy does
+    not describe the LayerNorm original). A rectangular orthogonal map of a residual stream lifts
+    the model to the wider width exactly (the family rescales readers, norm eps and heads).
+    """
+    if spec is None:
+        spec = spec_for(model)
+    else:
+        check_model(model, spec)
+    state = model.state_dict()
+    _check_transforms(state, spec, transforms, family_lifts=True)
+    return family_of(model).rebuild(model, _float64_applied(state, spec, transforms))
 
 
 def random_transform(

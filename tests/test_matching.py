@@ -361,3 +361,70 @@ def test_activation_scores_weigh_every_probe_alike(kind):
         assert torch.equal(reference.indices, rescaled.indices)
     else:
         torch.testing.assert_close(reference.matrix, rescaled.matrix)
+
+
+@pytest.mark.parametrize("widths", [(6, 6), (6, 5, 6), (7, 7, 7, 7)])
+def test_weight_matching_recovers_a_planted_invertible_map_on_deep_linear_mlps(widths):
+    config = lmc.MLPConfig(6, widths, 3, activation="identity")
+    a, b = planted_pair(config, ("invertible",), seed=3)
+    alignment = lmc.weight_matching(a, b, classes=("invertible",))
+    assert {t.kind for t in alignment.transforms.values()} == {"invertible"}
+    assert_same_weights(alignment.apply(b), a, rtol=1e-4, atol=1e-4)
+
+
+def test_weight_matching_says_why_an_invertible_map_is_not_determined():
+    """A hidden layer of 9 units fed by 5 inputs and a bias spans 6 directions: no data of the weights fixes T."""
+    a, b = planted_pair(lmc.MLPConfig(5, (9, 6), 3, activation="identity"), ("invertible",), seed=3)
+    with pytest.warns(UserWarning, match=r"writers of spaces 'fc1' do not determine.*condition number.*rank-deficient"):
+        lmc.weight_matching(a, b, classes=("invertible",))
+
+
+def test_an_alignment_of_canonical_copies_refuses_the_layernorm_original():
+    from test_models_gpt2 import gpt2
+
+    a, b = (gpt2(dict(n_embd=16, n_layer=1, n_head=2), seed, canonical=False) for seed in (0, 1))
+    alignment = lmc.weight_matching(lmc.canonicalize(a), lmc.canonicalize(b), classes="paper")
+    with pytest.raises(ValueError, match="RMSNorm vs LayerNorm.*call lmc.canonicalize"):
+        alignment.apply(b)
+    alignment.apply(lmc.canonicalize(b))
+
+
+def test_models_with_other_heads_of_the_same_shapes_are_not_a_pair():
+    from test_models_gpt2 import gpt2
+
+    four, two = gpt2(dict(n_embd=16, n_layer=1, n_head=4), 0), gpt2(dict(n_embd=16, n_layer=1, n_head=2), 1)
+    for call in (lambda: lmc.weight_matching(four, two), lambda: lmc.barrier(four, two, [], progress=False),
+                 lambda: lmc.circuit_pair(four, two)):
+        with pytest.raises(ValueError, match="head_dim = 4 vs 8|num_heads = 4 vs 2"):
+            call()
+    alignment = lmc.weight_matching(four, gpt2(dict(n_embd=16, n_layer=1, n_head=4), 1))
+    with pytest.raises(ValueError, match="head_dim = 4 vs 8|num_heads = 4 vs 2"):
+        alignment.apply(two)
+
+
+@pytest.mark.parametrize("classes, message", [
+    ("paperr", r"unknown symmetry class 'paperr'.*presets"),
+    (("permutaton",), r"unknown symmetry class 'permutaton'"),
+    ({"hiden": ("permutation",)}, r"space groups \['hiden'\]"),
+    (("orthogonal",), r"no space of the mlp spec admits 'orthogonal'"),
+    ((), r"no space of the mlp spec admits the classes"),
+])
+def test_class_requests_that_cannot_be_honoured_are_refused(classes, message):
+    a, b = planted_pair(RECOVERY_CONFIGS[0], ("permutation",), seed=0)
+    with pytest.raises(ValueError, match=message):
+        lmc.weight_matching(a, b, classes=classes)
+
+
+def test_class_objects_stand_for_their_names():
+    a, b = planted_pair(RECOVERY_CONFIGS[0], ("permutation",), seed=0)
+    by_object = lmc.weight_matching(a, b, classes=(lmc.Permutation,))
+    by_name = lmc.weight_matching(a, b, classes="permutation")
+    assert all(torch.equal(by_object.transforms[n].indices, by_name.transforms[n].indices) for n in by_name.transforms)
+
+
+def test_orthogonal_residual_of_a_layernorm_model_says_to_canonicalize():
+    from test_models_gpt2 import gpt2
+
+    a, b = (gpt2(dict(n_embd=16, n_layer=1, n_head=2), seed, canonical=False) for seed in (0, 1))
+    with pytest.raises(ValueError, match="rotation-symmetric in canonical form.*call lmc.canonicalize"):
+        lmc.weight_matching(a, b, classes="paper")

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmc_lib as lmc
+from lmc_lib.transform import transform_tensors
 from contract import outputs, same_state
 from lmc_lib.transform import apply_along
 from strategies import build_mlp, mlp_configs
@@ -168,3 +169,49 @@ def test_transform_and_canonicalize_leave_the_model_untouched(training):
     assert canonical is not model and same_state(canonical, model)
     assert same_state(model, before) and model.training == training
     assert model.config == before.config and model.fc1.out_features == 4
+
+
+def test_transform_tensors_is_differentiable_and_matches_transform_state(generator):
+    model = build_mlp(lmc.MLPConfig(5, (6, 4), 3, activation="identity"), 0)
+    spec = lmc.spec_for(model)
+    elements = lmc.random_transform(spec, ("invertible",), generator)
+    state = {k: v.detach().double().clone().requires_grad_(True) for k, v in model.state_dict().items()}
+    latent = elements["fc1"].matrix.clone().requires_grad_(True)
+    maps = {"fc1": (latent, torch.linalg.inv(latent).T), "fc2": elements["fc2"]}
+    moved = transform_tensors(state, spec, maps)
+    expected = lmc.transform_state(model.state_dict(), spec, elements)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(moved[name].float(), tensor, rtol=1e-5, atol=1e-6)
+    sum(t.square().sum() for t in moved.values()).backward()
+    assert latent.grad is not None and torch.isfinite(latent.grad).all() and latent.grad.abs().sum() > 0
+    assert all(t.grad is not None for t in state.values())
+
+
+def test_transform_state_refuses_what_only_the_family_can_lift():
+    from test_models_gpt2 import gpt2
+
+    model = gpt2(dict(n_embd=8, n_layer=1, n_head=2))
+    spec = lmc.spec_for(model)
+    lift = {"residual": lmc.Orthogonal.random(8, 12, torch.Generator().manual_seed(0))}
+    with pytest.raises(ValueError, match="space 'residual' is read through norms.*use lmc.transform"):
+        lmc.transform_state(model.state_dict(), spec, lift)
+    assert lmc.transform(model, lift).config.n_embd == 12
+
+
+def test_invertible_maps_the_dtype_cannot_carry_are_refused():
+    model = build_mlp(lmc.MLPConfig(4, (5,), 2, activation="identity"), 0)
+    spec = lmc.spec_for(model)
+    ill = lmc.Invertible(torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0, 1e-5], dtype=torch.float64)))
+    with pytest.raises(ValueError, match=r"space 'fc1': the invertible map's condition number 1e\+05 exceeds 8.39e\+03"):
+        lmc.transform(model, {"fc1": ill})
+    lmc.transform(model.double(), {"fc1": ill})  # float64 carries it
+
+
+def test_transform_refuses_a_spec_of_another_model():
+    from test_models_gpt2 import gpt2
+
+    original = gpt2(dict(n_embd=8, n_layer=1, n_head=2), canonical=False)
+    canonical_spec = lmc.spec_for(lmc.canonicalize(original))
+    elements = lmc.random_transform(canonical_spec, "paper", torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="not the one the spec describes.*call lmc.canonicalize"):
+        lmc.transform(original, elements, spec=canonical_spec)

@@ -160,7 +160,7 @@ def _residual_space(model: nn.Module, layout: Layout) -> Space:
     classes = ("permutation", "orthogonal") if is_canonical(model, layout) else ("permutation",)
     probes = tuple(block.name for block in layout.blocks) or None
     return Space("residual", layout.width, classes, layout.writers() + norm_params, reads, probe=probes,
-                 group="residual", anchored=True)
+                 group="residual", anchored=True, normed=True)
 
 
 def transformer_spec(model: nn.Module, layout: Layout) -> SymmetrySpec:
