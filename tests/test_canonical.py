@@ -2,9 +2,11 @@
 
 from functools import partial
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+import lmc_lib as lmc
 from lmc_lib.canonical import RMSNorm, center, fold_norm
 from lmc_lib.symmetry import Orthogonal, Permutation
 
@@ -46,3 +48,28 @@ def test_fold_norm_moves_gain_and_shift_into_the_reader():
     torch.testing.assert_close(normed @ folded.T + moved, expected)
     folded_t, moved_t = fold_norm(weight.T, None, gain, shift, in_dim=0)
     torch.testing.assert_close(normed @ folded_t + moved_t, expected - bias)
+
+
+@pytest.mark.parametrize("build", ["gpt2", "vit"])
+def test_canonicalizing_a_canonical_model_is_exact(build):
+    from test_models_gpt2 import gpt2
+    from test_models_vit import vit
+
+    model = gpt2(dict(n_embd=16, n_layer=2, n_head=2), 0) if build == "gpt2" else vit(dict(embed_dim=16, depth=1, num_heads=2))
+    again = lmc.canonicalize(model)
+    assert again is not model
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_rmsnorm_models_that_are_not_canonical_are_refused():
+    from test_models_gpt2 import gpt2
+
+    model = gpt2(dict(n_embd=16, n_layer=1, n_head=2), 0)
+    with torch.no_grad():
+        model.transformer.wpe.weight.add_(1.0)  # writes vectors of mean 1: not a canonical form
+    with pytest.raises(ValueError, match="transformer.wpe.weight does not write mean-zero vectors"):
+        lmc.canonicalize(model)
+    mixed = gpt2(dict(n_embd=16, n_layer=2, n_head=2), 0, canonical=False)
+    mixed.transformer.h[0].ln_1 = lmc.canonical.RMSNorm(16, 1e-5)
+    with pytest.raises(ValueError, match="transformer.h.0.ln_1 is already an RMSNorm but other norms are LayerNorms"):
+        lmc.canonicalize(mixed)

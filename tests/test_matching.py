@@ -351,7 +351,7 @@ def test_activation_scores_weigh_every_probe_alike(kind):
             noisy = x[:, order] + 0.8 * torch.randn(200, 6, generator=generator, dtype=torch.float64)
             moments[("write", index)] = _Moments(6, False)
             moments[("write", index)].update(scale * x, scale * noisy)
-        return _solve_activations(space, kind, moments)
+        return _solve_activations(space, kind, moments, 1e12)
 
     state = generator.get_state()
     reference = solve((1.0, 1.0, 1.0))
@@ -428,3 +428,10 @@ def test_orthogonal_residual_of_a_layernorm_model_says_to_canonicalize():
     a, b = (gpt2(dict(n_embd=16, n_layer=1, n_head=2), seed, canonical=False) for seed in (0, 1))
     with pytest.raises(ValueError, match="rotation-symmetric in canonical form.*call lmc.canonicalize"):
         lmc.weight_matching(a, b, classes="paper")
+
+
+def test_activation_matching_refuses_invertible_maps_that_rank_deficient_data_cannot_fix():
+    config = lmc.MLPConfig(3, (8, 8), 2, activation="identity")  # 8 units driven by 3 inputs: rank 3 activations
+    a, b = planted_pair(config, ("invertible",), seed=0)
+    with pytest.raises(ValueError, match=r"activation_matching, space 'fc1': invertible fit: .*condition number"):
+        lmc.activation_matching(a, b, probe_data(config, n=256), classes=("invertible",))

@@ -198,6 +198,18 @@ def _canonical_state(model: nn.Module, layout: Layout) -> dict[str, Tensor]:
     return state
 
 
+def _check_centred(model: nn.Module, layout: Layout) -> None:
+    """ValueError unless every residual writer is mean-zero over the width (RMSNorm then acts as in
+    the canonical form; a model with RMSNorm and uncentred writers is no canonical form of a LayerNorm one)."""
+    state = model.state_dict()
+    for axis in layout.writers():
+        tensor = state[axis.param].double()
+        drift = float(tensor.mean(axis.dim).abs().max()) if tensor.numel() else 0.0
+        if drift > 1e-5 * (float(tensor.abs().max()) + 1e-30):
+            raise ValueError(f"{layout.family}: the norms are RMSNorms but {axis.param} does not write mean-zero "
+                             f"vectors (mean up to {drift:.3g}); this is not a canonical form lmc_lib can keep")
+
+
 def canonicalize_layout(model: nn.Module, layout: Layout) -> nn.Module:
     """A copy of ``model`` with LayerNorm -> RMSNorm, gains and shifts folded into the readers, writers centred.
 
@@ -208,6 +220,14 @@ def canonicalize_layout(model: nn.Module, layout: Layout) -> nn.Module:
     if layout.head is not None and layout.final_norm is None:
         raise ValueError(f"{layout.family}: the head reads the residual stream without a final norm; "
                          "its mean, which the canonical form removes, would change the output")
+    replaced = [norm for norm, _ in layout.readers()]  # a norm without a linear reader stays as it is
+    rms = [n for n in replaced if isinstance(model.get_submodule(n), RMSNorm)]
+    if rms and len(rms) < len(replaced):
+        raise ValueError(f"{layout.family}: {rms[0]} is already an RMSNorm but other norms are LayerNorms; "
+                         "canonicalize only models whose norms are all LayerNorm (or all canonical)")
+    if rms:
+        _check_centred(model, layout)
+        return copy.deepcopy(model)  # already canonical: the copy is exact
     state = _canonical_state(model, layout)
     new = copy.deepcopy(model)
     for norm, reader in layout.readers():
