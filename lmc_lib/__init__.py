@@ -23,6 +23,7 @@ from .circuits import circuit_pair
 from .data import TensorData, cifar10, digits, mnist, tiny_shakespeare
 from .training import TrainConfig, evaluate, train
 from .models import MLP, MLPConfig
+from .io import load, save
 from . import book, canonical, circuits, data, family, meanfield, ot, solvers, spec
 
 __version__ = "0.1.0"
@@ -34,5 +35,6 @@ __all__ = [
     "BarrierCurve", "barrier", "barrier_strategy", "interpolate", "circuit_pair",
     "TensorData", "mnist", "cifar10", "digits", "tiny_shakespeare",
     "TrainConfig", "train", "evaluate", "MLP", "MLPConfig",
+    "save", "load",
     "models", "book", "canonical", "circuits", "data", "family", "meanfield", "ot", "solvers", "spec",
 ]

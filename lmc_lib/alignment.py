@@ -48,7 +48,7 @@ Classes = str | type | Iterable[str | type] | Mapping[str, Iterable[str | type]]
 
 #: module attributes that do not change the function (how it is computed, or bookkeeping)
 _IGNORED_SETTINGS = frozenset({"training", "fused_attn", "inplace", "is_causal", "layer_idx", "dynamic_img_size",
-                               "dynamic_img_pad", "grad_checkpointing", "gradient_checkpointing"})
+                               "dynamic_img_pad", "grad_checkpointing", "gradient_checkpointing", "name_or_path"})
 
 
 def _settings(module: nn.Module) -> dict[str, object]:
