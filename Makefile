@@ -3,7 +3,9 @@
 # Chapters are notebooks/NN_name.md (jupytext MyST, the source of truth) paired with
 # notebooks/NN_name.ipynb (no outputs). papermill executes the .ipynb at a scale into
 # _build/<scale>/src/notebooks/, next to copies of book/, _config.yml and _toc.yml, and
-# jupyter-book renders that folder (it executes nothing itself).
+# jupyter-book renders that folder (it executes nothing itself). Each chapter writes the numbers
+# the appendix needs to _build/<scale>/results/ (JSON); the appendix pages that read them
+# (book/reproduction.md, book/speed.md: MyST notebooks) are executed after the chapters.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -15,8 +17,12 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CHAPTERS := $(basename $(notdir $(wildcard notebooks/[0-9]*.md)))
+# appendix pages that are notebooks: executed after the chapters, they read the results files
+PAGES := reproduction speed
 LIBRARY := $(wildcard lmc_lib/*.py lmc_lib/*/*.py)
 BOOK_FILES := _config.yml _toc.yml $(wildcard book/*)
+# what .ci/check_book.py reads for control characters, besides the built pages
+SOURCES := $(wildcard notebooks/[0-9]*.md book/*.md book/*.bib) _config.yml _toc.yml README.md
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export MPLBACKEND ?= Agg
@@ -32,10 +38,10 @@ export LMC_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: help install sync check-sync unit-tests notebooks-ci nbval book-ci test book clean
+.PHONY: help install sync check-sync unit-tests notebooks-ci nbval book-ci book-check test book clean
 
 help:
-	@echo "make test   unit tests, chapters at scale=ci, nbval, book build with warnings as errors"
+	@echo "make test   unit tests, chapters at scale=ci, nbval, book build with warnings as errors, book checks"
 	@echo "make book   chapters at scale=book, HTML book in _build/html"
 	@echo "make sync   regenerate notebooks/*.ipynb from notebooks/*.md"
 	@echo "make install / make clean"
@@ -49,24 +55,44 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The Colab install cells take the repository from _config.yml, then the .ipynb follow the .md.
 sync: | $(STAMP)
+	$(PYTHON) .ci/colab_install.py --write
 	jupytext --update --to ipynb $(CHAPTERS:%=notebooks/%.md)
 
 check-sync: | $(STAMP)
 	$(PYTHON) .ci/notebooks_in_sync.py
+	$(PYTHON) .ci/colab_install.py
+
+# $(call execute,SOURCE,OUTPUT,SCALE,PARAMETERS): papermill runs SOURCE into OUTPUT (its injected
+# parameters cell tagged remove-cell), with the results folder of SCALE, and says how long it took.
+define execute
+@mkdir -p $(dir $(2))
+@start=$$SECONDS; \
+LMC_RESULTS_DIR=$(CURDIR)/_build/$(3)/results MPLBACKEND=$(INLINE) $(PYTHON) .ci/execute_notebook.py $(1) $(2) $(4); \
+echo "$(notdir $(2)) at scale=$(3): $$((SECONDS - start)) s"
+endef
 
 # _build/<scale>/src/notebooks/NN_name.ipynb: the chapter executed with `-p scale <scale>`.
 _build/%.ipynb: notebooks/$$(notdir $$*).ipynb $(LIBRARY) | $(STAMP)
-	@mkdir -p $(@D)
-	@start=$$SECONDS; \
-	MPLBACKEND=$(INLINE) papermill --no-progress-bar --log-level WARNING -k python3 -p scale $(firstword $(subst /, ,$*)) $< $@; \
-	echo "$(notdir $@) at scale=$(firstword $(subst /, ,$*)): $$((SECONDS - start)) s"
+	$(call execute,$<,$@,$(firstword $(subst /, ,$*)),-p scale $(firstword $(subst /, ,$*)))
 
-# The book's pages and configuration beside the executed chapters.
+# The appendix pages that are notebooks: the reproduction page after every chapter of its scale,
+# the speed page from the benchmarks' results files.
+chapter_notebooks = $(CHAPTERS:%=_build/$(1)/src/notebooks/%.ipynb)
+_build/%/src/book/reproduction.ipynb: book/reproduction.md $$(call chapter_notebooks,$$*) | $(STAMP)
+	$(call execute,$<,$@,$*)
+
+_build/%/src/book/speed.ipynb: book/speed.md $(wildcard benchmarks/results/*.json) $(LIBRARY) | $(STAMP)
+	$(call execute,$<,$@,$*)
+
+# The book's pages and configuration beside the executed chapters (the notebook pages' sources
+# stay out: their executed .ipynb stand in their place).
 _build/%/src/_toc.yml: $(BOOK_FILES)
-	@mkdir -p $(@D)
-	rm -rf $(@D)/book
-	cp -r book _config.yml _toc.yml $(@D)/
+	@mkdir -p $(@D)/book
+	cp book/*.md book/*.bib $(@D)/book/
+	rm -f $(PAGES:%=$(@D)/book/%.md)
+	cp _config.yml _toc.yml $(@D)/
 
 unit-tests: | $(STAMP)
 	$(PYTHON) -m pytest tests
@@ -74,20 +100,27 @@ unit-tests: | $(STAMP)
 notebooks-ci: $(CHAPTERS:%=_build/ci/src/notebooks/%.ipynb)
 
 # nbval re-executes each executed copy (scale=ci injected by papermill) and compares only the
-# outputs of cells marked `# NBVAL_CHECK_OUTPUT`.
+# outputs of cells tagged `nbval-check-output` (cell metadata); a cell that raises fails it.
 nbval: notebooks-ci
-	MPLBACKEND=$(INLINE) $(PYTHON) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(CHAPTERS:%=_build/ci/src/notebooks/%.ipynb)
+	LMC_RESULTS_DIR=$(CURDIR)/_build/ci/nbval-results MPLBACKEND=$(INLINE) \
+	$(PYTHON) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(CHAPTERS:%=_build/ci/src/notebooks/%.ipynb)
 
 # Every page re-read (--all) so that no warning hides in a cached page; warnings are errors.
 # Not nit-picky (-n): a docstring's reference to a name the API page does not list stays plain text.
-book-ci: notebooks-ci _build/ci/src/_toc.yml
+book-ci: notebooks-ci $(PAGES:%=_build/ci/src/book/%.ipynb) _build/ci/src/_toc.yml
 	jupyter-book build _build/ci/src --path-output _build/ci --all -W --keep-going
 
-test: check-sync unit-tests notebooks-ci nbval book-ci
+# What a strict build lets through: unrendered tables, control characters, figures without a
+# numbered caption, visible scaffolding (papermill, nbval, Colab) and math from a CDN.
+book-check: book-ci
+	$(PYTHON) .ci/check_book.py _build/ci/_build/html --sources $(SOURCES)
 
-book: $(CHAPTERS:%=_build/book/src/notebooks/%.ipynb) _build/book/src/_toc.yml
+test: check-sync unit-tests notebooks-ci nbval book-ci book-check
+
+book: $(CHAPTERS:%=_build/book/src/notebooks/%.ipynb) $(PAGES:%=_build/book/src/book/%.ipynb) _build/book/src/_toc.yml
 	jupyter-book build _build/book/src --path-output . --all
-	@echo "open _build/html/index.html"
+	$(PYTHON) .ci/check_book.py _build/html --sources $(SOURCES)
+	@echo "open _build/html/index.html (it works offline: MathJax is bundled)"
 
 clean:
 	rm -rf _build

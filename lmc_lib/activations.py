@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .barrier import evaluating
+from .data import checked_batches, reusable
 from .alignment import Alignment, Classes, architecture, matched_pair, resolve_classes
 from .solvers import fit_invertible, nearest_orthogonal, solve_assignment
 from .spec import Space, SymmetrySpec
-from .symmetry import Transform
+from .symmetry import Transform, max_condition
 from .transform import transform
 
 __all__ = ["activation_matching"]
@@ -88,7 +89,7 @@ def _inverse_sqrt(covariances: Tensor, ridge: float = 1e-9) -> Tensor:
     return vectors @ torch.diag_embed(values.rsqrt()) @ vectors.transpose(-1, -2)
 
 
-def _solve_activations(space: Space, kind: str, moments: Mapping[tuple[str, int], _Moments]) -> Transform:
+def _solve_activations(space: Space, kind: str, moments: Mapping[tuple[str, int], _Moments], limit: float) -> Transform:
     """One space's transform from its moments, keyed by (probe role, probe index).
 
     With several probes (the residual stream after every block) each one scores on its own and the
@@ -100,7 +101,11 @@ def _solve_activations(space: Space, kind: str, moments: Mapping[tuple[str, int]
         write, read = moments[("write", 0)], moments.get(("read", 0))
         cross = write.cross_covariance() + (read.cross_covariance() if read else 0)
         gram_read_a = read.covariances()[0] if read else torch.zeros_like(cross)
-        return fit_invertible(cross, write.covariances()[1], gram_read_a, ridge=1e-8)
+        try:
+            return fit_invertible(cross, write.covariances()[1], gram_read_a, ridge=1e-8, max_condition=limit)
+        except ValueError as error:  # rank-deficient activations (fewer examples or directions than units)
+            raise ValueError(f"activation_matching, space {space.name!r}: {error}; use more data or "
+                             "permutation / orthogonal classes for this space") from None
     parts = list(moments.values())
     if kind == "orthogonal":
         return nearest_orthogonal(sum(m.normalised_cross_covariance() for m in parts))
@@ -146,7 +151,8 @@ def _match_activations(a: nn.Module, b: nn.Module, data, spec: SymmetrySpec, kin
     moments: dict[str, dict[tuple[str, int], _Moments]] = {n: {} for n in kinds}
     device = next(a.parameters()).device
     with _capturing({"a": a, "b": b}, modules) as captured, evaluating(a, b), torch.no_grad():
-        for index, (x, _) in enumerate(tqdm(data, disable=not progress, desc="activation statistics")):
+        batches = tqdm(checked_batches(data, targets=False), disable=not progress, desc="activation statistics")
+        for index, (x, _) in enumerate(batches):
             if max_batches is not None and index >= max_batches:
                 break
             a(x.to(device)), b(x.to(device))
@@ -154,7 +160,8 @@ def _match_activations(a: nn.Module, b: nn.Module, data, spec: SymmetrySpec, kin
                 _record(moments[name], spec.spaces[name], kind, captured)
     if any(not per_space for per_space in moments.values()):
         raise ValueError("activation_matching: data yielded no batches")
-    return {name: _solve_activations(spec.spaces[name], kind, moments[name]) for name, kind in kinds.items()}
+    limit = min(max_condition(t.dtype) for t in b.state_dict().values() if t.is_floating_point())
+    return {name: _solve_activations(spec.spaces[name], kind, moments[name], limit) for name, kind in kinds.items()}
 
 
 def _stages(spec: SymmetrySpec, kinds: Mapping[str, str]) -> list[dict[str, str]]:
@@ -193,8 +200,8 @@ def activation_matching(
     kinds = resolve_classes(spec, classes, ("permutation", "orthogonal", "invertible"), caller="activation_matching",
                             spaces=probed)
     stages = _stages(spec, kinds)
-    if len(stages) > 1 and not hasattr(data, "__len__") and iter(data) is data:
-        data = list(data)  # a one-shot iterator cannot be read once per stage
+    if len(stages) > 1:
+        data = reusable(data)  # a one-shot iterator cannot be read once per stage
     transforms: dict[str, Transform] = {}
     for stage in stages or [{}]:
         aligned = transform(b, transforms, spec=spec) if transforms else b

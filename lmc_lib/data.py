@@ -3,18 +3,28 @@
 The data root is ``root=`` if given, else ``$LMC_DATA_DIR``, else ``~/.cache/lmc_lib/data``.
 Offline machines point ``LMC_DATA_DIR`` at a folder that already holds the files (for MNIST the
 torchvision layout ``MNIST/raw/*-ubyte``); with a network the loaders download what is missing.
+
+Every function that reads ``data`` (an iterable of ``(inputs, targets)`` batches) reads it through
+:func:`checked_batches`, so that a batch the library cannot use is refused in the same words
+everywhere, naming the batch; :func:`reusable` reads a one-shot iterator into a list before a
+function that needs several passes.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader", "tiny_shakespeare", "TINY_SHAKESPEARE_URL"]
+__all__ = [
+    "TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader", "tiny_shakespeare", "TINY_SHAKESPEARE_URL",
+    "check_batch", "checked_batches", "reusable",
+]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -45,6 +55,52 @@ class TensorData:
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)) if shuffle else None
         inputs, targets = (self.inputs, self.targets) if order is None else (self.inputs[order], self.targets[order])
         return list(zip(inputs.split(batch_size), targets.split(batch_size)))
+
+
+Batch = tuple[Tensor, Tensor]
+
+
+def check_batch(batch: object, index: int, *, targets: bool = True) -> Batch:
+    """``batch`` as an (inputs, targets) pair of tensors with the examples along dim 0 of both.
+
+    TypeError for anything but a pair (a tuple or a list) of tensors; ValueError when the two hold
+    different numbers of examples or floating inputs hold NaN or inf. Messages name the batch. With
+    ``targets=False`` (a caller that reads only the inputs) the targets may be None.
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        got = type(batch).__name__ + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+        raise TypeError(f"data: batch {index} is a {got}; expected an (inputs, targets) pair of tensors")
+    inputs, labels = batch
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"data: batch {index}: the inputs are a {type(inputs).__name__}; expected a Tensor")
+    if not isinstance(labels, Tensor) and (targets or labels is not None):
+        raise TypeError(f"data: batch {index}: the targets are a {type(labels).__name__}; expected a Tensor")
+    if inputs.ndim == 0 or (labels is not None and (labels.ndim == 0 or inputs.shape[0] != labels.shape[0])):
+        shape = None if labels is None else tuple(labels.shape)
+        raise ValueError(f"data: batch {index} has inputs of shape {tuple(inputs.shape)} and targets of shape "
+                         f"{shape}; both need one row per example along dim 0")
+    # the sum is NaN or inf whenever an entry is, and one reduction is ~20x cheaper than isfinite().all();
+    # only a sum that overflows takes the exact test
+    if inputs.is_floating_point() and not torch.isfinite(inputs.sum()) and not torch.isfinite(inputs).all():
+        raise ValueError(f"data: batch {index}: the inputs hold NaN or infinite values")
+    return inputs, labels
+
+
+def checked_batches(data: Iterable[Batch], *, targets: bool = True) -> Iterator[Batch]:
+    """The batches of ``data``, each through :func:`check_batch`; ValueError once ``data`` ends if it held none."""
+    if not isinstance(data, Iterable):
+        hint = " (call its .batches())" if isinstance(data, TensorData) else ""
+        raise TypeError(f"data: expected an iterable of (inputs, targets) batches, got a {type(data).__name__}{hint}")
+    index = -1
+    for index, batch in enumerate(data):
+        yield check_batch(batch, index, targets=targets)
+    if index < 0:
+        raise ValueError("data yielded no batches")
+
+
+def reusable(data: Iterable[Batch]) -> Iterable[Batch]:
+    """``data`` itself when it can be read again; a one-shot iterator (a generator) read into a list."""
+    return list(data) if isinstance(data, Iterator) else data
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -96,6 +152,10 @@ def digits(train: bool = True, *, test_size: int = 397, seed: int = 0) -> Tensor
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
+    size = len(bunch.target)
+    if isinstance(test_size, bool) or not isinstance(test_size, numbers.Integral) or not 1 <= test_size < size:
+        raise ValueError(f"digits: test_size must be an int in [1, {size}) (the {size} images are split in two), "
+                         f"got {test_size!r}")
     order = torch.randperm(len(bunch.target), generator=torch.Generator().manual_seed(seed))
     inputs = torch.as_tensor(bunch.data, dtype=torch.float32)[order] / 16.0
     targets = torch.as_tensor(bunch.target).long()[order]
@@ -152,17 +212,27 @@ def tiny_shakespeare(
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"tiny_shakespeare: split must be 'train', 'val' or 'test', got {split!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
+        raise ValueError(f"tiny_shakespeare: block_size must be a positive int, got {block_size!r}")
+    for name, fraction in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0 <= fraction < 1:  # also refuses NaN
+            raise ValueError(f"tiny_shakespeare: {name} must lie in [0, 1), got {fraction!r}")
+    if test_fraction + val_fraction >= 1:
+        raise ValueError(f"tiny_shakespeare: test_fraction + val_fraction = {test_fraction + val_fraction} leaves "
+                         "no training text; they must sum to less than 1")
     text = _tiny_shakespeare_text(data_root(root), download)
     vocabulary = sorted(set(text))
     index = {c: i for i, c in enumerate(vocabulary)}
     ids = torch.tensor([index[c] for c in text], dtype=torch.long)
     n_test, n_val = int(len(ids) * test_fraction), int(len(ids) * val_fraction)
-    bounds = {"train": (0, len(ids) - n_test - n_val), "val": (len(ids) - n_test - n_val, len(ids) - n_test), "test": (len(ids) - n_test, len(ids))}
+    train_end, val_end = len(ids) - n_test - n_val, len(ids) - n_test
+    bounds = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, len(ids))}
     start, stop = bounds[split]
     part = ids[start:stop]
     windows = (len(part) - 1) // block_size
     if windows < 1:
-        raise ValueError(f"tiny_shakespeare: the {split} split ({len(part)} characters) is shorter than one block of {block_size}")
+        raise ValueError(f"tiny_shakespeare: the {split} split ({len(part)} characters) is shorter than one block "
+                         f"of {block_size}")
     inputs = part[: windows * block_size].view(windows, block_size)
     targets = part[1 : windows * block_size + 1].view(windows, block_size)
     return TensorData(inputs, targets, f"tinyshakespeare-{split}-{block_size}"), vocabulary

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .data import checked_batches
+from .evaluation import evaluating
 from .family import spec_for
 from .alignment import Alignment, architecture, matched_pair
 from .solvers import solve_assignment
@@ -169,19 +171,16 @@ def input_moments(
         return collect
 
     handles = [module.register_forward_pre_hook(hook(name)) for name, module in linears.items()]
-    training = model.training
-    model.eval()
     device = next(model.parameters()).device
     try:
-        with torch.no_grad():
-            for index, (x, _) in enumerate(data):
+        with evaluating(model), torch.no_grad():
+            for index, (x, _) in enumerate(checked_batches(data, targets=False)):
                 if max_batches is not None and index >= max_batches:
                     break
                 model(x.to(device))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(training)
     if sums[next(iter(linears))][0] == 0:
         raise ValueError("input_moments: the data yielded no batches")
     return {name: InputMoments(s[1] / s[0], s[2] / s[0], s[0]) for name, s in sums.items()}

@@ -1,7 +1,8 @@
 """Train models reproducibly, with an on-disk cache keyed by configuration and seed.
 
-A seed fixes the initialisation, the data order and dropout: everything runs under a forked RNG
-seeded with it, so the caller's global RNG state is untouched and re-runs are identical.
+A seed fixes the initialisation, the data order and dropout: everything runs under forked RNGs
+seeded with it (the CPU's, and the training device's when that is an accelerator), so the caller's
+generators, on every device, are untouched and re-runs are identical.
 Trained weights are stored as safetensors under ``$LMC_CACHE_DIR`` (default
 ``~/.cache/lmc_lib/models``), named by a hash of the model key, the data, the config and the seed.
 """
@@ -11,8 +12,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import numbers
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,10 +25,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .barrier import _logits, cross_entropy, evaluating
-from .data import TensorData
+from .data import TensorData, checked_batches
+from .evaluation import cross_entropy, evaluating, logits_of, model_device, point_totals
 
 __all__ = ["TrainConfig", "train", "evaluate", "cache_dir"]
+
+
+def _is_count(value: object) -> bool:
+    """Whether ``value`` is an integer (a numpy one too), not a bool or a float such as 2.5."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -46,18 +55,18 @@ class TrainConfig:
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"TrainConfig: unknown schedule {self.schedule!r}")
         valid = {
-            "epochs": self.epochs >= 0,
-            "batch_size": self.batch_size >= 1,
+            "epochs": _is_count(self.epochs) and self.epochs >= 0,
+            "batch_size": _is_count(self.batch_size) and self.batch_size >= 1,
             "lr": self.lr > 0,  # also refuses NaN
             "momentum": 0 <= self.momentum < 1,
             "weight_decay": self.weight_decay >= 0,
-            "warmup_steps": self.warmup_steps >= 0,
+            "warmup_steps": _is_count(self.warmup_steps) and self.warmup_steps >= 0,
         }
         bad = [f"{name}={getattr(self, name)!r}" for name, ok in valid.items() if not ok]
         if bad:
             raise ValueError(
-                f"TrainConfig: invalid {', '.join(bad)} (need epochs >= 0, batch_size >= 1, lr > 0, "
-                "0 <= momentum < 1, weight_decay >= 0, warmup_steps >= 0)"
+                f"TrainConfig: invalid {', '.join(bad)} (need integers epochs >= 0, batch_size >= 1 and "
+                "warmup_steps >= 0, and lr > 0, 0 <= momentum < 1, weight_decay >= 0)"
             )
 
 
@@ -87,8 +96,10 @@ def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total: int)
 
 
 def _fit(
-    model: nn.Module, data: TensorData, config: TrainConfig, seed: int, progress: bool, device: torch.device | str | None
+    model: nn.Module, data: TensorData, config: TrainConfig, seed: int, progress: bool,
+    device: torch.device | str | None,
 ) -> None:
+    """Minimise the mean cross-entropy over ``data``, in place on ``device``, by ``config``'s optimiser and schedule."""
     model.to(device)  # before the optimizer is built: it holds the parameters
     optimizer = _optimizer(model, config)
     steps_per_epoch = -(-len(data) // config.batch_size)
@@ -98,15 +109,33 @@ def _fit(
     for epoch in bar:
         for x, y in data.batches(config.batch_size, shuffle=True, seed=seed * 100_003 + epoch):
             x, y = x.to(device), y.to(device)
-            loss = cross_entropy(_logits(model(x)), y)[y != -100].mean()
+            loss = cross_entropy(logits_of(model(x)), y)[y != -100].mean()
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
+                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss.item()}); "
+                                         "lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
+
+
+@contextmanager
+def _seeded_accelerator(device: torch.device, seed: int) -> Iterator[None]:
+    """Seed ``device``'s generator (for dropout there) for the block, then restore the caller's state;
+    nothing for the CPU, whose generator the caller forks, and no accelerator is touched then."""
+    if device.type == "cpu":
+        yield
+        return
+    backend = torch.get_device_module(device.type)
+    index = device.index if device.index is not None else getattr(backend, "current_device", lambda: 0)()
+    with torch.random.fork_rng(devices=[index], device_type=device.type):
+        if device.type == "cuda":
+            torch.cuda.default_generators[index].manual_seed(seed)
+        else:  # single-device backends (MPS)
+            backend.manual_seed(seed)
+        yield
 
 
 def train(
@@ -124,19 +153,36 @@ def train(
 
     With ``cache_key`` (a string that identifies the architecture, e.g. ``repr(MLPConfig(...))``)
     the trained weights are loaded from, or saved to, the cache folder. The model is trained on,
-    and returned on, ``device`` (default: where ``build()`` puts it).
+    and returned on, ``device`` (default: where ``build()`` puts it). ``build`` and ``data`` are not
+    modified; inputs with NaN or inf are refused.
     """
+    if isinstance(build, nn.Module) or not callable(build):
+        raise TypeError(f"train: build must be a function that returns a new model (e.g. lambda: MLP(config)), "
+                        f"got {type(build).__name__}")
+    if not isinstance(data, TensorData):
+        raise TypeError(f"train: data must be a TensorData (its batches are drawn per epoch), "
+                        f"got {type(data).__name__}")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train: config must be a TrainConfig, got {type(config).__name__}")
+    if data.inputs.is_floating_point() and not torch.isfinite(data.inputs).all():
+        raise ValueError(f"train: the inputs of {data.name} hold NaN or infinite values")
     path = None
     if cache_key is not None:
-        key = json.dumps({"model": cache_key, "data": data.name, "n": len(data), "config": asdict(config), "seed": seed}, sort_keys=True)
+        described = {"model": cache_key, "data": data.name, "n": len(data), "config": asdict(config), "seed": seed}
+        key = json.dumps(described, sort_keys=True)
         path = cache_dir(cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # the CPU generator only: torch.manual_seed would also reseed every accelerator's generator
+        torch.random.default_generator.manual_seed(seed)
         model = copy.deepcopy(build())  # a model that build() hands back from outside stays untouched
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"train: build() must return an nn.Module, got {type(model).__name__}")
         if path is not None and path.exists():
             model.load_state_dict(load_file(str(path)))
             return model.to(device).eval()
-        _fit(model, data, config, seed, progress, device)
+        target = torch.device(device) if device is not None else model_device(model, "train")
+        with _seeded_accelerator(target, seed):
+            _fit(model, data, config, seed, progress, device)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -147,17 +193,22 @@ def train(
 
 
 def evaluate(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over all targets in ``data`` (moved to the model's device)."""
-    total_loss, correct, count = 0.0, 0.0, 0
-    device = next(model.parameters()).device
+    """Mean cross-entropy and accuracy of ``model`` over all targets in ``data`` (moved to the model's device).
+
+    Targets of -100 are ignored. The batches are checked as :func:`lmc_lib.data.check_batch` says;
+    ValueError when no target is counted or the mean loss is not finite. The model is not modified.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"evaluate: model must be an nn.Module, got {type(model).__name__}")
+    device = model_device(model, "evaluate")
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     with evaluating(model), torch.no_grad():
-        for x, y in data:
-            x, y = x.to(device), y.to(device)
-            logits = _logits(model(x))
-            valid = y != -100
-            total_loss += float(cross_entropy(logits, y)[valid].double().sum())
-            correct += float((logits.argmax(-1) == y)[valid].sum())
-            count += int(valid.sum())
+        for index, (x, y) in enumerate(checked_batches(data)):
+            logits = logits_of(model(x.to(device))).unsqueeze(0)
+            totals += point_totals(logits, y.to(device), cross_entropy, batch=index)[0].cpu()
+    loss, correct, count = totals.tolist()
     if count == 0:
         raise ValueError("evaluate: data yielded no targets")
-    return total_loss / count, correct / count
+    if not math.isfinite(loss):
+        raise ValueError(f"evaluate: the mean loss is {loss / count}; the model's outputs overflow or hold NaN")
+    return loss / count, correct / count

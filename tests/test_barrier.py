@@ -107,7 +107,12 @@ def test_barrier_reads_a_dataloader_and_a_generator():
     from_loader = lmc.barrier(a, b, loader, progress=False)
     # a one-shot generator, read in several passes (one lambda per pass)
     from_generator = lmc.barrier(a, b, (batch for batch in data), memory_budget=1, progress=False)
-    for curve in (from_loader, from_generator):
+    # a one-shot iterator that has a length: sizing the chunks must not consume its first batch
+    curves = [from_loader, from_generator]
+    for strategy in ("vmap", "loop"):
+        curves.append(lmc.barrier(a, b, iter(loader), strategy=strategy, progress=False))
+        curves.append(lmc.barrier(a, b, iter(loader), strategy=strategy, memory_budget=1, progress=False))
+    for curve in curves:
         np.testing.assert_allclose(curve.losses, reference.losses, rtol=TOLERANCE, atol=TOLERANCE)
         np.testing.assert_array_equal(curve.accuracies, reference.accuracies)
 
@@ -205,31 +210,97 @@ def test_an_ignored_sequence_counts_as_a_removed_one():
 
 def test_barrier_refuses_different_architectures():
     a, b = build_mlp(lmc.MLPConfig(6, (8,), 3), 0), build_mlp(lmc.MLPConfig(6, (9,), 3), 0)
-    with pytest.raises(ValueError, match=r"models differ at module 'fc1': out_features = 8 vs 9"):
+    with pytest.raises(ValueError, match=r"models A and B differ at module 'fc1': out_features = 8 vs 9"):
         lmc.barrier(a, b, classification_data(6, 3), progress=False)
-    with pytest.raises(ValueError, match="models have different tensors"):
+    with pytest.raises(ValueError, match="models A and B have different tensors"):
         lmc.barrier(a, build_mlp(lmc.MLPConfig(6, (8,), 3, bias=False), 0), classification_data(6, 3), progress=False)
+    with pytest.raises(ValueError, match=r"models A and B differ at tensor 'fc1.weight': dtype torch.float32 vs "
+                                         r"torch.float64; cast one of them first"):
+        lmc.barrier(a, copy.deepcopy(a).double(), classification_data(6, 3), progress=False)
 
 
-@pytest.mark.parametrize("lambdas", [[-0.1, 0.5], [0.5, 1.5], [float("nan")], [], 1])
-def test_barrier_refuses_lambdas_outside_the_unit_interval(lambdas):
+@pytest.mark.parametrize(
+    "lambdas, error, message",
+    [
+        ([-0.1, 0.5], ValueError, r"lambdas: point = -0.1 lies outside \[0, 1\]; extrapolation is not supported"),
+        ([0.5, 1.5], ValueError, r"lambdas: point = 1.5 lies outside \[0, 1\]"),
+        (11.0, ValueError, r"lambdas: point = 11.0 lies outside"),
+        ([float("nan")], ValueError, "lambdas: point is NaN"),
+        (torch.tensor([0.5, float("nan")]), ValueError, "lambdas: point is NaN"),
+        ([], ValueError, "lambdas: no points given"),
+        (np.array([]), ValueError, "lambdas: no points given"),
+        (1, ValueError, "lambdas: need at least 2 points, got 1"),
+        (np.int64(-3), ValueError, "lambdas: need at least 2 points, got -3"),
+        (True, TypeError, "lambdas: expected a count .* got bool"),
+        ([True, False], TypeError, "lambdas: expected a count .* got list of dtype bool"),
+        (torch.tensor(True), TypeError, "lambdas: expected a count .* got Tensor of dtype bool"),
+        ("11", TypeError, "lambdas: expected a count .* got str"),
+    ],
+)
+def test_barrier_refuses_bad_lambdas(lambdas, error, message):
     a, b = pair(CONFIGS[0])
-    with pytest.raises(ValueError, match="lambdas"):
+    with pytest.raises(error, match=message):
         lmc.barrier(a, b, classification_data(6, 3), lambdas, progress=False)
 
 
-def test_barrier_refuses_non_finite_losses():
+@pytest.mark.parametrize(
+    "lambdas, grid",
+    [
+        (np.int64(5), np.linspace(0, 1, 5)),
+        (torch.tensor(3), [0.0, 0.5, 1.0]),
+        (np.float64(0.25), [0.0, 0.25, 1.0]),
+        (torch.tensor(0.75), [0.0, 0.75, 1.0]),
+        (np.array([0.5, 0.25], dtype=np.float32), [0.0, 0.25, 0.5, 1.0]),
+        ([0, 1], [0.0, 1.0]),
+    ],
+    ids=["numpy int", "0-d int tensor", "numpy float", "0-d float tensor", "float32 array", "int points"],
+)
+def test_numpy_and_tensor_scalars_are_counts_or_points(lambdas, grid):
+    a, b = pair(CONFIGS[0])
+    curve = lmc.barrier(a, b, classification_data(6, 3, n=8), lambdas, progress=False)
+    np.testing.assert_allclose(curve.lambdas, grid)
+
+
+@pytest.mark.parametrize("endpoint", ["A", "B"])
+def test_barrier_names_the_model_with_a_nan(endpoint):
     a, b = pair(CONFIGS[0])
     with torch.no_grad():
-        b.fc2.weight[0, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"non-finite loss at lambdas \[0.0, 0.1, "):
+        (a if endpoint == "A" else b).fc2.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=f"model {endpoint}: tensor 'fc2.weight' has NaN or infinite entries"):
         lmc.barrier(a, b, classification_data(6, 3), progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_barrier_refuses_non_finite_losses(strategy):
+    a, b = pair(CONFIGS[0])
+    with torch.no_grad():
+        b.fc2.weight.mul_(1e38)  # finite weights whose logits overflow to inf
+    with pytest.raises(ValueError, match=r"non-finite loss at the points with weights \[\["):
+        lmc.barrier(a, b, classification_data(6, 3), strategy=strategy, progress=False)
 
 
 def test_barrier_refuses_a_loss_of_the_wrong_shape():
     a, b = pair(CONFIGS[0])
     with pytest.raises(ValueError, match=r"loss_fn must return one loss per target, shape \(32,\); got \(\)"):
         lmc.barrier(a, b, classification_data(6, 3), loss_fn=lambda logits, y: F.cross_entropy(logits, y), progress=False)
+
+
+@pytest.mark.parametrize("budget", [-1, 0, float("nan"), float("inf"), True, "1GB"])
+def test_barrier_refuses_a_memory_budget_that_is_not_a_positive_number(budget):
+    a, b = pair(CONFIGS[0])
+    with pytest.raises(ValueError, match=f"memory_budget must be a positive number of bytes, got {budget!r}"):
+        lmc.barrier(a, b, classification_data(6, 3), memory_budget=budget, progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+@pytest.mark.parametrize("target", [3, -1, 7])
+def test_barrier_refuses_targets_that_are_not_class_indices(strategy, target):
+    a, b = pair(CONFIGS[0])
+    data = classification_data(6, 3)
+    data[1][1][2] = target
+    with pytest.raises(ValueError, match=rf"data: batch 1: target {target} is not a class index in \[0, 3\) "
+                                         r"\(the model has 3 outputs\) nor -100"):
+        lmc.barrier(a, b, data, strategy=strategy, progress=False)
 
 
 def test_barrier_refuses_empty_data_and_unknown_strategies():
@@ -244,14 +315,44 @@ def test_barrier_refuses_empty_data_and_unknown_strategies():
 # -- interpolate and untouched inputs ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0, np.float32(0.3), torch.tensor(0.3, dtype=torch.float64), 1])
 def test_interpolate_is_the_weighted_average(lam):
     a, b = pair(CONFIGS[1])
     mixed = lmc.interpolate(a, b, lam)
+    lam = float(lam)
     for name, tensor in mixed.state_dict().items():
         expected = (1 - lam) * a.state_dict()[name].double() + lam * b.state_dict()[name].double()
         torch.testing.assert_close(tensor, expected.float(), rtol=1e-6, atol=1e-7, msg=name)
     assert same_state(lmc.interpolate(a, b, 0.0), a) and same_state(lmc.interpolate(a, b, 1.0), b)
+
+
+@pytest.mark.parametrize(
+    "lam, error, message",
+    [
+        (1.5, ValueError, r"interpolate: lam = 1.5 lies outside \[0, 1\]; extrapolation is not supported"),
+        (-0.5, ValueError, r"interpolate: lam = -0.5 lies outside \[0, 1\]"),
+        (float("nan"), ValueError, "interpolate: lam is NaN"),
+        (True, TypeError, "interpolate: lam must be a real number in \\[0, 1\\], got bool"),
+        ("0.5", TypeError, "interpolate: lam must be a real number .* got str"),
+        (torch.tensor([0.5]), TypeError, "interpolate: lam must be a real number .* got Tensor"),
+    ],
+)
+def test_interpolate_refuses_extrapolation_and_non_numbers(lam, error, message):
+    a, b = pair(CONFIGS[0])
+    with pytest.raises(error, match=message):
+        lmc.interpolate(a, b, lam)
+
+
+def test_interpolate_refuses_other_models_naming_them():
+    a, b = pair(CONFIGS[0])
+    with pytest.raises(TypeError, match="interpolate: model a must be an nn.Module, got OrderedDict"):
+        lmc.interpolate(a.state_dict(), b, 0.5)
+    with pytest.raises(ValueError, match="models A and B differ at module 'fc1': out_features = 8 vs 9"):
+        lmc.interpolate(a, build_mlp(lmc.MLPConfig(6, (9,), 3), 0), 0.5)
+    with torch.no_grad():
+        b.fc1.bias[1] = float("inf")
+    with pytest.raises(ValueError, match="model B: tensor 'fc1.bias' has NaN or infinite entries"):
+        lmc.interpolate(a, b, 0.5)
 
 
 @pytest.mark.parametrize("training", [True, False])

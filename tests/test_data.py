@@ -1,4 +1,5 @@
-"""Datasets: TensorData batching, the offline MNIST / Tiny Shakespeare roots, and scikit-learn's digits."""
+"""Datasets: TensorData batching, the offline MNIST / Tiny Shakespeare roots, scikit-learn's digits, and the
+batch checks that every function reading data shares."""
 
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lmc_lib as lmc
-from lmc_lib.data import MNIST_MEAN, MNIST_STD
+from lmc_lib.data import MNIST_MEAN, MNIST_STD, check_batch, checked_batches, reusable
 
 #: the offline data folder: $LMC_DATA_DIR, else ../shared/data beside the repository (CI has it)
 SHARED = Path(os.environ.get("LMC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -126,6 +127,27 @@ def test_tiny_shakespeare_windows_predict_the_next_character(shared_root):
         lmc.tiny_shakespeare("dev", root=shared_root)
 
 
+@pytest.mark.parametrize("test_size", [0, -1, 1797, 5000, 2.5, True])
+def test_digits_refuses_a_test_size_that_does_not_split_the_images(test_size):
+    with pytest.raises(ValueError, match=rf"digits: test_size must be an int in \[1, 1797\) .* got {test_size!r}"):
+        lmc.digits(test_size=test_size)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"block_size": 0}, "block_size must be a positive int, got 0"),
+        ({"block_size": 2.5}, "block_size must be a positive int, got 2.5"),
+        ({"test_fraction": 1.5}, r"test_fraction must lie in \[0, 1\), got 1.5"),
+        ({"val_fraction": float("nan")}, r"val_fraction must lie in \[0, 1\), got nan"),
+        ({"test_fraction": 0.6, "val_fraction": 0.5}, "test_fraction \\+ val_fraction = 1.1 leaves no training text"),
+    ],
+)
+def test_tiny_shakespeare_refuses_bad_sizes_before_reading(options, message, tmp_path):
+    with pytest.raises(ValueError, match=f"tiny_shakespeare: {message}"):
+        lmc.tiny_shakespeare(root=tmp_path, download=False, **options)
+
+
 def test_digits_shapes_and_split():
     train, test = lmc.digits(train=True), lmc.digits(train=False)
     assert train.inputs.shape == (1400, 64) and test.inputs.shape == (397, 64)
@@ -133,3 +155,111 @@ def test_digits_shapes_and_split():
     torch.testing.assert_close(train.inputs.mean(0), torch.zeros(64), rtol=0, atol=1e-5)
     assert torch.equal(lmc.digits(train=False).inputs, test.inputs), "the split is seeded"
     assert not torch.equal(lmc.digits(train=False, seed=1).inputs, test.inputs)
+
+
+# -- batch checks, shared by every function that reads data ----------------------------------------
+
+X, Y = torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    "batch, error, message",
+    [
+        ({"inputs": X, "targets": Y}, TypeError, r"data: batch 7 is a dict; expected an \(inputs, targets\) pair"),
+        ((X, Y, Y), TypeError, r"data: batch 7 is a tuple of 3 items; expected an \(inputs, targets\) pair"),
+        (X, TypeError, r"data: batch 7 is a Tensor; expected an \(inputs, targets\) pair of tensors"),
+        ((X.numpy(), Y), TypeError, "data: batch 7: the inputs are a ndarray; expected a Tensor"),
+        ((X, None), TypeError, "data: batch 7: the targets are a NoneType; expected a Tensor"),
+        ((X, Y[:3]), ValueError, r"batch 7 has inputs of shape \(4, 3\) and targets of shape \(3,\); both need"),
+        ((X, torch.tensor(1)), ValueError, r"targets of shape \(\); both need one row per example"),
+        ((X.index_fill(1, torch.tensor([2]), float("nan")), Y), ValueError, "data: batch 7: the inputs hold NaN or"),
+        ((X.index_fill(0, torch.tensor([1]), float("-inf")), Y), ValueError, "data: batch 7: the inputs hold NaN"),
+    ],
+    ids=["dict", "3-tuple", "bare tensor", "numpy inputs", "no targets", "fewer targets", "0-d targets", "nan", "inf"],
+)
+def test_check_batch_refuses_what_it_cannot_use(batch, error, message):
+    with pytest.raises(error, match=message):
+        check_batch(batch, 7)
+
+
+def test_check_batch_accepts_pairs_and_inputs_only_batches_where_asked():
+    assert check_batch([X, Y], 0)[0] is X  # a DataLoader's default collation gives lists
+    token_ids = torch.randint(0, 5, (4, 6))
+    assert check_batch((token_ids, token_ids), 0)[1] is token_ids
+    assert check_batch((X, None), 0, targets=False)[1] is None
+    large = torch.full((4, 3), 3e38)  # finite, though their sum overflows
+    assert check_batch((large, Y), 0)[0] is large
+    with pytest.raises(ValueError, match="the inputs hold NaN"):
+        check_batch((torch.full((2, 2), float("nan")), None), 0, targets=False)
+
+
+def test_checked_batches_refuses_empty_and_non_iterable_data():
+    with pytest.raises(ValueError, match="data yielded no batches"):
+        list(checked_batches([]))
+    with pytest.raises(TypeError, match=r"data: expected an iterable of \(inputs, targets\) batches, got a TensorData "
+                                        r"\(call its .batches\(\)\)"):
+        list(checked_batches(numbered(4)))
+    with pytest.raises(TypeError, match="data: batch 1 is a dict"):
+        list(checked_batches([(X, Y), {"x": X}]))
+
+
+def test_reusable_reads_one_shot_iterators_only():
+    batches = [(X, Y), (X, Y)]
+    assert reusable(batches) is batches
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=2)
+    assert reusable(loader) is loader
+    for one_shot in ((b for b in batches), iter(batches), iter(loader)):
+        again = reusable(one_shot)
+        assert isinstance(again, list) and len(again) == 2 and len(list(again)) == 2
+
+
+def _callers():
+    """name -> call(data) for every public function that reads data."""
+    model = lmc.MLP(lmc.MLPConfig(3, (4,), 2))
+    other = lmc.MLP(lmc.MLPConfig(3, (4,), 2))
+    return {
+        "barrier vmap": lambda data: lmc.barrier(model, other, data, 3, strategy="vmap", progress=False),
+        "barrier loop": lambda data: lmc.barrier(model, other, data, 3, strategy="loop", progress=False),
+        "evaluate_mixtures": lambda data: lmc.evaluation.evaluate_mixtures([model, other], [[0.5, 0.5]], data,
+                                                                          progress=False),
+        "evaluate": lambda data: lmc.evaluate(model, data),
+        "input_moments": lambda data: lmc.ot.input_moments(model, data),
+        "activation_matching": lambda data: lmc.activation_matching(model, other, data),
+    }
+
+
+CALLERS = list(_callers())
+GOOD = (torch.randn(4, 3), torch.tensor([0, 1, 1, 0]))
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        ({"input_ids": GOOD[0], "labels": GOOD[1]}, TypeError, r"data: batch 1 is a dict; expected an \(inputs,"),
+        ((*GOOD, GOOD[1]), TypeError, "data: batch 1 is a tuple of 3 items"),
+        (GOOD[0], TypeError, "data: batch 1 is a Tensor"),
+        ((GOOD[0].index_fill(0, torch.tensor([2]), float("nan")), GOOD[1]), ValueError,
+         "data: batch 1: the inputs hold NaN or infinite values"),
+    ],
+    ids=["dict", "3-tuple", "bare tensor", "nan inputs"],
+)
+def test_every_reader_of_data_refuses_a_bad_batch_naming_it(caller, bad, error, message):
+    with pytest.raises(error, match=message):
+        _callers()[caller]([GOOD, bad])
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_every_reader_of_data_refuses_empty_data(caller):
+    with pytest.raises(ValueError, match="data yielded no batches"):
+        _callers()[caller](iter([]))
+
+
+@pytest.mark.parametrize("caller", [c for c in CALLERS if c not in ("input_moments", "activation_matching")])
+@pytest.mark.parametrize("targets", [torch.tensor([[0], [1], [1], [0]]), torch.zeros(4, 2, dtype=torch.long)],
+                         ids=["column", "two per example"])
+def test_every_evaluation_refuses_targets_of_the_wrong_shape(caller, targets):
+    shape = str(tuple(targets.shape)).replace("(", r"\(").replace(")", r"\)")
+    message = rf"data: batch 0: targets have shape {shape}, but the model's logits \(4, 2\) need targets of shape \(4,"
+    with pytest.raises(ValueError, match=message):
+        _callers()[caller]([(GOOD[0], targets)])

@@ -45,6 +45,33 @@ def test_training_leaves_the_global_rng_alone():
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+def test_training_on_the_cpu_seeds_no_accelerator(monkeypatch):
+    """torch.manual_seed would reseed every CUDA (and MPS, XPU) generator of the caller: train must not call it."""
+    calls = []
+    for module, name in [(torch.cuda, "manual_seed_all"), (torch.cuda, "manual_seed"), (torch.mps, "manual_seed"),
+                         (torch.xpu, "manual_seed_all"), (torch.xpu, "manual_seed")]:
+        monkeypatch.setattr(module, name, lambda *args, _name=f"{module.__name__}.{name}": calls.append(_name))
+    first = fit(0)
+    assert calls == [] and same_state(first, fit(0))
+
+
+DROPOUT = lmc.TrainConfig(epochs=2, batch_size=32, lr=1e-2)
+
+
+def build_with_dropout() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_leaves_the_callers_cuda_generator_alone_and_seeds_dropout_there():
+    state = torch.cuda.get_rng_state()
+    on_cpu = lmc.train(build_with_dropout, teacher_data(), DROPOUT, seed=0, progress=False)
+    first = lmc.train(build_with_dropout, teacher_data(), DROPOUT, seed=0, progress=False, device="cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+    again = lmc.train(build_with_dropout, teacher_data(), DROPOUT, seed=0, progress=False, device="cuda")
+    assert same_state(first, again) and not same_state(first.cpu(), on_cpu)
+
+
 def test_loss_decreases_and_the_model_is_returned_in_eval_mode():
     data = teacher_data()
     before = lmc.evaluate(lmc.train(build, data, lmc.TrainConfig(epochs=0), seed=0, progress=False), data.batches())
@@ -88,6 +115,32 @@ def test_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
 
 
+def test_train_refuses_arguments_of_the_wrong_kind():
+    data = teacher_data()
+    with pytest.raises(TypeError, match="train: build must be a function that returns a new model .* got MLP"):
+        lmc.train(build(), data, CONFIG, seed=0, progress=False)
+    with pytest.raises(TypeError, match="train: build\\(\\) must return an nn.Module, got OrderedDict"):
+        lmc.train(lambda: build().state_dict(), data, CONFIG, seed=0, progress=False)
+    with pytest.raises(TypeError, match="train: data must be a TensorData .* got list"):
+        lmc.train(build, data.batches(32), CONFIG, seed=0, progress=False)
+    with pytest.raises(TypeError, match="train: config must be a TrainConfig, got dict"):
+        lmc.train(build, data, {"epochs": 1}, seed=0, progress=False)
+    inputs = data.inputs.clone()
+    inputs[5, 2] = float("nan")
+    with pytest.raises(ValueError, match="train: the inputs of teacher hold NaN or infinite values"):
+        lmc.train(build, lmc.TensorData(inputs, data.targets, "teacher"), CONFIG, seed=0, progress=False)
+
+
+def test_evaluate_refuses_what_is_not_a_module():
+    with pytest.raises(TypeError, match="evaluate: model must be an nn.Module, got OrderedDict"):
+        lmc.evaluate(build().state_dict(), teacher_data().batches())
+
+
+def test_a_parameter_free_model_is_refused():
+    with pytest.raises(ValueError, match="train: the Sequential has no parameters or buffers"):
+        lmc.train(lambda: nn.Sequential(nn.Flatten()), teacher_data(), CONFIG, seed=0, progress=False)
+
+
 def test_divergence_raises():
     exploding = lmc.TrainConfig(epochs=3, batch_size=32, lr=1e12, optimizer="sgd", schedule="constant")
     with pytest.raises(FloatingPointError, match="training diverged at epoch"):
@@ -113,6 +166,9 @@ def test_every_optimizer_and_schedule_trains(optimizer, schedule, warmup, lr):
         ({"momentum": 1.0}, "invalid momentum=1.0"),
         ({"weight_decay": -0.1}, "invalid weight_decay=-0.1"),
         ({"warmup_steps": -5, "batch_size": -1}, "invalid batch_size=-1, warmup_steps=-5"),
+        ({"epochs": 2.5}, "invalid epochs=2.5 .*need integers epochs >= 0"),
+        ({"batch_size": True}, "invalid batch_size=True"),
+        ({"warmup_steps": 1.0}, "invalid warmup_steps=1.0"),
     ],
 )
 def test_train_config_refuses_bad_values(options, message):
@@ -153,3 +209,11 @@ def test_evaluate_restores_every_module_flag():
 def test_evaluate_refuses_data_without_targets():
     with pytest.raises(ValueError, match="evaluate: data yielded no targets"):
         lmc.evaluate(ConstantLogits(), [(torch.zeros(2, 1), torch.tensor([-100, -100]))])
+
+
+def test_evaluate_refuses_a_non_finite_loss():
+    model = ConstantLogits()
+    with torch.no_grad():
+        model.logits[1] = float("inf")  # log-softmax of [0, inf] is NaN
+    with pytest.raises(ValueError, match="evaluate: the mean loss is nan; the model's outputs overflow or hold NaN"):
+        lmc.evaluate(model, [(torch.zeros(2, 1), torch.tensor([0, 1]))])

@@ -1,11 +1,17 @@
-"""The book's helpers: the chapters' training recipes, the paper's tables and result tables.
+"""The book's helpers: the chapters' training recipes, the papers' numbers, result tables and files, figures.
 
     from lmc_lib import book
     pair = book.trained_pair("vit-mnist", "ci")
+    book.results.record("07_vision_transformers", book.results.curve_summary(curves))
 
-Chapters import these explicitly; they are not part of the library's top level.
+    from lmc_lib.book import style, diagrams    # the house style of figures and the schematic diagrams
+    style.use()
+
+Chapters import these explicitly; they are not part of the library's top level. ``style`` and
+``diagrams`` import matplotlib's pyplot, so they are imported on demand.
 """
 
+from . import paper, results
 from .recipes import (
     ALIGNMENT_CLASSES, PAPER_BARRIERS, RECIPES, GPTConfig, Recipe, TrainedPair, ViTConfig, alignment_paths,
     compare_with_paper, recipe, trained_pair,
@@ -15,4 +21,5 @@ from .report import Table, barrier_table
 __all__ = [
     "ViTConfig", "GPTConfig", "Recipe", "RECIPES", "recipe", "TrainedPair", "trained_pair",
     "ALIGNMENT_CLASSES", "alignment_paths", "PAPER_BARRIERS", "compare_with_paper", "Table", "barrier_table",
+    "paper", "results",
 ]
