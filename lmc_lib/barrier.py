@@ -28,6 +28,7 @@ __all__ = [
 
 
 def _unit_interval(value: float, what: str) -> None:
+    """ValueError naming ``what`` unless 0 <= value <= 1."""
     if math.isnan(value):
         raise ValueError(f"{what} is NaN; it must lie in [0, 1]")
     if not 0 <= value <= 1:
@@ -40,8 +41,8 @@ def interpolate(a: nn.Module, b: nn.Module, lam: float) -> nn.Module:
     A lam outside [0, 1] (extrapolation) is refused, as are models of different architectures and
     tensors with NaN or inf (named by model, "A" or "B", and tensor).
     """
-    if isinstance(lam, Tensor) and lam.ndim == 0 and lam.is_floating_point():
-        lam = float(lam)
+    if isinstance(lam, Tensor) and lam.ndim == 0 and lam.dtype != torch.bool:
+        lam = lam.item()
     if isinstance(lam, (bool, np.bool_)) or not isinstance(lam, numbers.Real):
         raise TypeError(f"interpolate: lam must be a real number in [0, 1], got {type(lam).__name__}")
     _unit_interval(float(lam), "interpolate: lam")

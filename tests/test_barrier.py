@@ -315,7 +315,9 @@ def test_barrier_refuses_empty_data_and_unknown_strategies():
 # -- interpolate and untouched inputs ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0, np.float32(0.3), torch.tensor(0.3, dtype=torch.float64), 1])
+@pytest.mark.parametrize(
+    "lam", [0.0, 0.3, 1.0, np.float32(0.3), torch.tensor(0.3, dtype=torch.float64), 1, torch.tensor(0)]
+)
 def test_interpolate_is_the_weighted_average(lam):
     a, b = pair(CONFIGS[1])
     mixed = lmc.interpolate(a, b, lam)
