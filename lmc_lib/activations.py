@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .barrier import evaluating
-from .data import checked_batches, reusable
 from .alignment import Alignment, Classes, architecture, matched_pair, resolve_classes
+from .data import check_max_batches, checked_batches, reusable
+from .evaluation import evaluating
 from .solvers import fit_invertible, nearest_orthogonal, solve_assignment
 from .spec import Space, SymmetrySpec
 from .symmetry import Transform, max_condition
@@ -195,6 +195,7 @@ def activation_matching(
     writer probes, T^T y_a ~ y_b for reader probes: queries and keys). Spaces inside another (a
     head's QK and OV inside the heads) take a second pass, on B aligned by the first.
     """
+    check_max_batches(max_batches, "activation_matching")
     spec = matched_pair(a, b, caller="activation_matching")
     probed = [name for name, space in spec.spaces.items() if space.probes]
     kinds = resolve_classes(spec, classes, ("permutation", "orthogonal", "invertible"), caller="activation_matching",

@@ -130,15 +130,38 @@ def check_finite(model: nn.Module, label: str) -> None:
 
 
 def matched_pair(a: nn.Module, b: nn.Module, *, caller: str) -> SymmetrySpec:
-    """The spec of two models that ``caller`` may align: same architecture, finite tensors."""
-    if not isinstance(a, nn.Module) or not isinstance(b, nn.Module):
-        bad = "a" if not isinstance(a, nn.Module) else "b"
-        raise TypeError(f"{caller}: model {bad} must be an nn.Module, got {type(a if bad == 'a' else b).__name__}")
+    """The spec of two models that ``caller`` may align: same architecture, both described by one
+    spec (the family refuses what it cannot describe, e.g. a model with hooks), finite tensors."""
+    for label, model in (("A", a), ("B", b)):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{caller}: model {label} must be an nn.Module, got {type(model).__name__}")
     check_pair(a, b)
     spec = spec_for(a)
+    check_model(b, spec)
     check_finite(a, "A")
     check_finite(b, "B")
     return spec
+
+
+def _spec_difference(own: SymmetrySpec, spec: SymmetrySpec) -> str:
+    """Where ``own`` (the model's spec) and ``spec`` differ, in words."""
+    if own.family != spec.family:
+        return f"it is a {own.family} model, the spec is of a {spec.family} model"
+    for name, space in spec.spaces.items():
+        mine = own.spaces.get(name)
+        if mine is None:
+            return f"it has no space {name!r}"
+        if mine.size != space.size:
+            return f"its space {name!r} has size {mine.size}, the spec's {space.size}"
+        if mine.classes != space.classes:
+            hint = ""
+            if space.normed and "orthogonal" in space.classes + mine.classes:
+                hint = ": one is in canonical form and the other is not; call lmc.canonicalize on the model first"
+            return f"its space {name!r} admits {mine.classes}, the spec's {space.classes}{hint}"
+        if mine != space:
+            return f"its space {name!r} touches other tensors than the spec's"
+    extra = [name for name in own.spaces if name not in spec.spaces]
+    return f"it has spaces {extra[:3]} that the spec does not" if extra else "their invariant tensors differ"
 
 
 def check_model(model: nn.Module, spec: SymmetrySpec, reference: Mapping[str, tuple[str, dict]] | None = None) -> None:
@@ -147,16 +170,15 @@ def check_model(model: nn.Module, spec: SymmetrySpec, reference: Mapping[str, tu
     A spec found on canonical copies does not describe the LayerNorm original: applying its
     transforms there would silently change the function.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a model (nn.Module), got {type(model).__name__}")
+    own = spec_for(model)
+    if own.family != spec.family:
+        raise ValueError(f"the model is not the one the spec describes: {_spec_difference(own, spec)}")
     if reference is not None:
         compare_architectures(reference, architecture(model), what="the alignment's model and this one")
-    own = spec_for(model)
     if own != spec:
-        hint = ""
-        residual_own, residual_spec = own.spaces.get("residual"), spec.spaces.get("residual")
-        if residual_own is not None and residual_spec is not None and residual_own.classes != residual_spec.classes:
-            hint = " (one is in canonical form and the other is not: call lmc.canonicalize on the model first)"
-        raise ValueError(f"the model is not the one the spec describes: a {own.family} model whose "
-                         f"spaces differ from the {spec.family} spec's{hint}")
+        raise ValueError(f"the model is not the one the spec describes: {_spec_difference(own, spec)}")
 
 
 def _class_name(item: object, where: str) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .alignment import check_pair
+from .alignment import check_finite, check_pair
 from .family import family_of, load_state, spec_for
 from .spec import Axis
 
@@ -48,8 +48,10 @@ def circuit_models(models: Sequence[nn.Module]) -> tuple[nn.Module, ...]:
     k = len(models)
     if k < 2:
         raise ValueError(f"circuit_models: needs at least two models, got {k}")
-    for other in models[1:]:
-        check_pair(models[0], other)
+    for index, model in enumerate(models):
+        if index:
+            check_pair(models[0], model)
+        check_finite(model, f"{index} of circuit_models" if k > 2 else "AB"[index])
     family = family_of(models[0])
     if family.widen_heads is None:
         raise ValueError(f"circuit_models: {family.name} models have no attention heads (the family cannot widen heads)")

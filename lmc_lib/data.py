@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_max_batches",
     "TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader", "tiny_shakespeare", "TINY_SHAKESPEARE_URL",
     "check_batch", "checked_batches", "reusable",
 ]
@@ -96,6 +97,12 @@ def checked_batches(data: Iterable[Batch], *, targets: bool = True) -> Iterator[
         yield check_batch(batch, index, targets=targets)
     if index < 0:
         raise ValueError("data yielded no batches")
+
+
+def check_max_batches(max_batches: int | None, caller: str) -> None:
+    """ValueError unless ``max_batches`` is None (all batches) or a positive integer."""
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1):
+        raise ValueError(f"{caller}: max_batches must be None (every batch) or a positive integer, got {max_batches!r}")
 
 
 def reusable(data: Iterable[Batch]) -> Iterable[Batch]:

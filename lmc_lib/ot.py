@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .data import checked_batches
+from .data import check_max_batches, checked_batches
+from .alignment import Alignment, architecture, matched_pair
 from .evaluation import evaluating
 from .family import spec_for
-from .alignment import Alignment, architecture, matched_pair
 from .solvers import solve_assignment
 from .spec import Space, SymmetrySpec
 from .symmetry import Permutation, Transform
@@ -50,6 +50,8 @@ def _as_points(points: Tensor, name: str) -> Tensor:
     points = points.unsqueeze(-1) if points.ndim == 1 else points
     if points.ndim != 2 or points.shape[0] == 0:
         raise ValueError(f"{name}: expected n >= 1 points as an (n, d) or (n,) tensor, got shape {tuple(points.shape)}")
+    if not torch.isfinite(points).all():
+        raise ValueError(f"{name}: the points have NaN or infinite entries")
     return points
 
 
@@ -155,6 +157,9 @@ def input_moments(
 
     Keys are module names; for an MLP, ``moments["fc2"]`` describes the activations of hidden layer 1.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"input_moments: model must be an nn.Module, got {type(model).__name__}")
+    check_max_batches(max_batches, "input_moments")
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     if not linears:
         raise ValueError(f"input_moments: {type(model).__name__} has no nn.Linear")

@@ -16,11 +16,22 @@ from .symmetry import Invertible, Orthogonal, Permutation
 __all__ = ["solve_assignment", "nearest_orthogonal", "fit_invertible"]
 
 
+def _matrix(value: object, name: str, caller: str, *, square: bool = False) -> Tensor:
+    """``value`` as a finite float64 CPU matrix; TypeError or ValueError naming ``name`` otherwise."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{caller}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.ndim != 2 or (square and value.shape[0] != value.shape[1]):
+        kind = "a square matrix" if square else "a matrix"
+        raise ValueError(f"{caller}: {name} must be {kind}, got shape {tuple(value.shape)}")
+    value = value.detach().double().cpu()
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{caller}: {name} has NaN or infinite entries")
+    return value
+
+
 def solve_assignment(score: Tensor) -> Permutation:
     """The permutation P maximising <P, score> = sum_i score[i, indices[i]] (Hungarian, scipy)."""
-    score = score.detach().double().cpu().numpy()
-    if not np.isfinite(score).all():
-        raise ValueError("assignment: the score matrix has NaN or infinite entries")
+    score = _matrix(score, "the score matrix", "assignment", square=True).numpy()
     best = score.argmax(1)
     if np.unique(best).size == best.size:  # every row gets its maximum: nothing can beat that
         return Permutation(torch.as_tensor(best))
@@ -31,7 +42,7 @@ def solve_assignment(score: Tensor) -> Permutation:
 def nearest_orthogonal(cross: Tensor) -> Orthogonal:
     """The orthogonal O maximising <O, C> (Procrustes: U V^T from the SVD C = U S V^T; on C's null
     space the completion closest to the identity). See :meth:`Orthogonal.nearest`."""
-    return Orthogonal.nearest(cross.detach().double().cpu())
+    return Orthogonal.nearest(_matrix(cross, "cross", "nearest_orthogonal"))
 
 
 def fit_invertible(cross: Tensor, gram_write_b: Tensor, gram_read_a: Tensor, *, ridge: float = 1e-9,
@@ -46,7 +57,11 @@ def fit_invertible(cross: Tensor, gram_write_b: Tensor, gram_read_a: Tensor, *, 
     flat directions solvable. ValueError when the fit is singular or its condition number exceeds
     ``max_condition`` (default :attr:`Invertible.max_condition`): the statistics do not pin T down.
     """
-    cross, gram_write_b, gram_read_a = (x.detach().double().cpu() for x in (cross, gram_write_b, gram_read_a))
+    named = {"cross": cross, "gram_write_b": gram_write_b, "gram_read_a": gram_read_a}
+    cross, gram_write_b, gram_read_a = (_matrix(x, n, "invertible fit", square=True) for n, x in named.items())
+    if not cross.shape == gram_write_b.shape == gram_read_a.shape:
+        shapes = ", ".join(f"{n} {tuple(x.shape)}" for n, x in named.items())
+        raise ValueError(f"invertible fit: cross and the Grams must have one shape, got {shapes}")
     shift = ridge * float(gram_write_b.trace() + gram_read_a.trace()) / cross.shape[0] + 1e-300
     a, u = torch.linalg.eigh(gram_read_a)
     b, v = torch.linalg.eigh(gram_write_b)

@@ -37,6 +37,19 @@ class Axis:
     length: int | None = None
     block: int = 1
 
+    def __post_init__(self) -> None:
+        def count(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not isinstance(self.param, str) or not count(self.dim):
+            raise TypeError(f"Axis: param must be a tensor name and dim an integer, got {self.param!r}, {self.dim!r}")
+        if not count(self.start) or self.start < 0:
+            raise ValueError(f"Axis of {self.param}: start must be an integer >= 0, got {self.start!r}")
+        if self.length is not None and (not count(self.length) or self.length < 1):
+            raise ValueError(f"Axis of {self.param}: length must be None or an integer >= 1, got {self.length!r}")
+        if not count(self.block) or self.block < 1:
+            raise ValueError(f"Axis of {self.param}: block must be an integer >= 1, got {self.block!r}")
+
     def extent(self, shape: torch.Size) -> int:
         """Number of entries of the slice along ``dim`` for a tensor of this shape."""
         return shape[self.dim] - self.start if self.length is None else self.length
@@ -111,6 +124,11 @@ class Space:
     normed: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.classes, str):
+            raise ValueError(f"space {self.name!r}: classes must be a tuple of class names, got the string "
+                             f"{self.classes!r} (write ({self.classes!r},))")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"space {self.name!r}: size must be an integer >= 1, got {self.size!r}")
         unknown = [c for c in self.classes if c not in CLASS_ORDER]
         if unknown:
             raise ValueError(f"space {self.name!r}: unknown symmetry classes {unknown}; expected {CLASS_ORDER}")

@@ -73,6 +73,10 @@ def _check_condition(name: str, t: Transform, space: Space, state: Mapping[str, 
 def _check_transforms(state: Mapping[str, Tensor], spec: SymmetrySpec, transforms: Mapping[str, Transform], *,
                       family_lifts: bool) -> None:
     """ValueError (KeyError for unknown spaces) unless every transform fits its space and ``state``."""
+    if not isinstance(transforms, Mapping):
+        raise TypeError(f"transforms must be a mapping from space names to symmetry elements, "
+                        f"got {type(transforms).__name__}")
+    spec.check(state)
     unknown = [name for name in transforms if name not in spec.spaces]
     if unknown:
         raise KeyError(f"transforms name spaces that the {spec.family} spec does not have: {unknown}")
@@ -83,7 +87,10 @@ def _check_transforms(state: Mapping[str, Tensor], spec: SymmetrySpec, transform
         if t.size_in != space.size:
             raise ValueError(f"space {name!r} has size {space.size} but its {t.kind} acts on {t.size_in} coordinates")
         if t.kind not in space.classes:
-            raise ValueError(f"space {name!r} admits {space.classes}, not {t.kind}")
+            hint = ""
+            if t.kind == "orthogonal" and space.normed:
+                hint = " (rotations of a residual stream need RMSNorms: call lmc.canonicalize on the model first)"
+            raise ValueError(f"space {name!r} admits {space.classes}, not {t.kind}{hint}")
         if t.size_out != space.size and not space.resizable:
             raise ValueError(f"space {name!r} has a fixed size {space.size}; its {t.kind} would resize it to {t.size_out}")
         if t.size_out != space.size and space.normed and not family_lifts:
@@ -171,6 +178,9 @@ def random_transform(
 
     ``expand`` > 1 widens semi-permutation and orthogonal spaces to round(expand * size) coordinates.
     """
+    if not isinstance(spec, SymmetrySpec):
+        hint = " (call lmc.spec_for(model) first)" if isinstance(spec, nn.Module) else ""
+        raise TypeError(f"random_transform: spec must be a SymmetrySpec, got {type(spec).__name__}{hint}")
     if not expand >= 1:
         raise ValueError(f"random_transform: expand must be >= 1, got {expand}")
     kinds = resolve_classes(spec, classes, caller="random_transform")

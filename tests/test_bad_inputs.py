@@ -831,44 +831,7 @@ def test_catalogue_is_large_and_ids_are_unique():
     assert len(set(ids)) == len(ids), sorted({i for i in ids if ids.count(i) > 1})
 
 
-#: cases the library does not refuse by name yet (issue 8, open): each must still fail, so a fix shows up
-KNOWN_GAPS = frozenset({
-    'Space-classes-a-bare-string',
-    'Space-negative-size',
-    'Axis-negative-start',
-    'Axis-negative-length',
-    'Axis-zero-block',
-    'transform-orthogonal-residual-non-canonical-gpt2',
-    'transform-orthogonal-residual-non-canonical-vit',
-    'transform-spec-of-a-wider-model',
-    'transform-transforms-not-a-mapping',
-    'transform_state-missing-tensor',
-    'transform_state-wrong-shape',
-    'random_transform-model-instead-of-spec',
-    'weight_matching-forward-hook-on-B',
-    'activation_matching-negative-max_batches',
-    'activation_matching-zero-max_batches',
-    'circuit_pair-gpt2-nan-in-B',
-    'Alignment.apply-other-family',
-    'Alignment.apply-not-a-module',
-    'solve_assignment-1d-score',
-    'solve_assignment-rectangular-score',
-    'solve_assignment-list-score',
-    'nearest_orthogonal-nan',
-    'nearest_orthogonal-1d',
-    'fit_invertible-mismatched-shapes',
-    'fit_invertible-nan-cross',
-    'wasserstein_distance-nan-in-x',
-    'input_moments-not-a-module',
-    'input_moments-negative-max_batches',
-    'Table-negative-digits',
-    'Table-columns-a-string',
-})
-
-
-@pytest.mark.parametrize("bad", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="known gap")) if c.id in KNOWN_GAPS else c for c in CASES
-], ids=[c.id for c in CASES])
+@pytest.mark.parametrize("bad", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_by_name(bad: Case):
     inputs = bad.inputs()
     with pytest.raises(bad.error, match=bad.match):

@@ -29,6 +29,10 @@ class Table:
     digits: int = 3
 
     def __post_init__(self) -> None:
+        if isinstance(self.columns, str) or not all(isinstance(c, str) for c in self.columns):
+            raise TypeError(f"Table: columns must be a tuple of column names (strings), got {self.columns!r}")
+        if isinstance(self.digits, bool) or not isinstance(self.digits, int) or self.digits < 0:
+            raise ValueError(f"Table: digits must be a non-negative integer, got {self.digits!r}")
         for row in self.rows:
             if len(row) != len(self.columns):
                 raise ValueError(f"Table: row {row} has {len(row)} values for {len(self.columns)} columns")
