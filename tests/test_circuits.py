@@ -113,3 +113,28 @@ def test_bad_inputs_are_refused():
     mlp = lmc.MLP(lmc.MLPConfig(4, (8,), 2))
     with pytest.raises(ValueError, match="mlp models have no attention heads"):
         lmc.circuit_pair(mlp, mlp)
+
+
+@pytest.mark.parametrize("build, config", [CASES[0], CASES[3]], ids=["gpt2", "vit"])
+def test_mix_circuits_combines_the_circuits_of_k_models_and_is_differentiable(build, config):
+    models = [build(config, seed) for seed in range(3)]
+    family = lmc.family.family_of(models[0])
+    wide_models = [family.widen_heads(model, 3) for model in models]
+    wide = [{k: v.detach().double().clone().requires_grad_(v.is_floating_point())
+             for k, v in model.state_dict().items()} for model in wide_models]
+    values = (0.2, 0.5, 0.3)
+    weights = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+    mixed = lmc.circuits.mix_circuits(wide, weights, lmc.spec_for(wide_models[0]))
+    # the same model as the convex combination of circuit_models' three models
+    reference = [m.state_dict() for m in lmc.circuits.circuit_models(models)]
+    for name, tensor in mixed.items():
+        expected = sum(w * state[name].double() for w, state in zip(values, reference))
+        torch.testing.assert_close(tensor.detach(), expected, rtol=1e-6, atol=1e-7)
+    # and its circuits are the combination of the models' (widened) circuits
+    mixed_model = lmc.family.load_state(wide_models[0], {k: v.detach() for k, v in mixed.items()})
+    for got, *each in zip(circuits(mixed_model), *(circuits(m) for m in wide_models)):
+        torch.testing.assert_close(got, sum(w * c for w, c in zip(values, each)), rtol=1e-5, atol=1e-6)
+    sum(t.square().sum() for t in mixed.values() if t.is_floating_point()).backward()
+    assert weights.grad is not None and torch.isfinite(weights.grad).all()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for state in wide for k, t in state.items()
+               if t.is_floating_point() and t.abs().sum() > 0)
