@@ -28,7 +28,7 @@ from .alignment import Alignment, Classes, architecture, matched_pair, resolve_c
 from .solvers import fit_invertible, nearest_orthogonal, solve_assignment
 from .spec import Axis, Space, SymmetrySpec, flatten_axis
 from .symmetry import Permutation, Transform, identity, max_condition
-from .transform import apply_along
+from .transform import apply_along, float64_device
 
 __all__ = ["weight_matching"]
 
@@ -165,8 +165,8 @@ class _WeightState:
                 readers.setdefault(param, set()).add(name)
         self.only = {p: next(iter(names)) for p, names in readers.items() if len(names) == 1}
         cached = {p for p, name in self.only.items() if self._wide(name, p, state_a[p])}
-        self.a = {p: state_a[p].detach().to(dtype) for p in readers if p not in cached}
-        self.b = {p: state_b[p].detach().to(dtype) for p in readers if p not in cached}
+        self.a = {p: self._scored(state_a[p]) for p in readers if p not in cached}
+        self.b = {p: self._scored(state_b[p]) for p in readers if p not in cached}
         # B' applies the transforms in spec order; where a later space acts on the same entries (a
         # head's inside, after the heads), a step of the earlier one is not a step on top of B'
         order = list(spec.spaces)
@@ -184,8 +184,13 @@ class _WeightState:
         #: the size of J's terms, for a relative tolerance: sum_p ||A_p||^2 + ||B_p||^2
         self.scale = sum(float(state_a[p].double().square().sum() + state_b[p].double().square().sum())
                          for p in readers)
-        raw = {p: (state_a[p].detach().to(dtype), state_b[p].detach().to(dtype)) for p in cached}
+        raw = {p: (self._scored(state_a[p]), self._scored(state_b[p])) for p in cached}
         self.cached = {n: self._sums(spec.spaces[n], lambda axis: axis.param in raw, raw.__getitem__) for n in kinds}
+
+    def _scored(self, tensor: Tensor) -> Tensor:
+        """``tensor`` in the score dtype, on its device (on the CPU where that has no float64: MPS)."""
+        device = float64_device(tensor.device) if self.dtype == torch.float64 else tensor.device
+        return tensor.detach().to(device, self.dtype)
 
     def _wide(self, name: str, param: str, tensor: Tensor) -> bool:
         """True when every axis of ``param`` in the space has at least as many features per
@@ -293,7 +298,7 @@ class _WeightState:
     def _reapply(self, params) -> None:
         """B' of ``params`` recomputed from raw B under the current transforms (one tensor at a time)."""
         for param in params:
-            self.b[param] = _applied(self.raw_b[param].detach().to(self.dtype), param, self.spec, self.transforms)
+            self.b[param] = _applied(self._scored(self.raw_b[param]), param, self.spec, self.transforms)
 
     def try_step(self, name: str, delta: Transform, own: float, threshold: float, *, force: bool) -> float | None:
         """Take the step T -> Delta T if it raises J by more than ``threshold`` (or ``force``): its gain, else

@@ -129,10 +129,20 @@ def transform_tensors(tensors: Mapping[str, Tensor], spec: SymmetrySpec, maps: M
     return work
 
 
+def float64_device(device: torch.device) -> torch.device:
+    """Where float64 arithmetic on tensors of ``device`` runs: the device itself, or the CPU for devices
+    without float64 (Apple's MPS)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def _float64_applied(state: Mapping[str, Tensor], spec: SymmetrySpec, transforms: Mapping[str, Transform]):
-    work = {k: v.detach().to(torch.float64) if v.is_floating_point() else v for k, v in state.items()}
+    """transform_tensors in float64 (on the CPU where the device has no float64), cast back to each tensor's
+    dtype and device."""
+    work = {k: v.detach().to(float64_device(v.device), torch.float64) if v.is_floating_point() else v
+            for k, v in state.items()}
     work = transform_tensors(work, spec, transforms)
-    return {k: work[k].to(state[k].dtype) if state[k].is_floating_point() else state[k].clone() for k in state}
+    return {k: work[k].to(state[k].device, state[k].dtype) if state[k].is_floating_point() else state[k].clone()
+            for k in state}
 
 
 def transform_state(

@@ -215,3 +215,11 @@ def test_transform_refuses_a_spec_of_another_model():
     elements = lmc.random_transform(canonical_spec, "paper", torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="not the one the spec describes.*call lmc.canonicalize"):
         lmc.transform(original, elements, spec=canonical_spec)
+
+
+def test_float64_arithmetic_runs_on_the_cpu_for_devices_without_float64():
+    from lmc_lib.transform import float64_device
+
+    assert float64_device(torch.device("mps")) == torch.device("cpu")
+    assert float64_device(torch.device("cpu")) == torch.device("cpu")
+    assert float64_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
