@@ -77,7 +77,8 @@ def machine() -> str:
     _, product = timed(lambda: x @ x.T)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     rate = 2 * 3072**2 * 1536 / product / 1e9
-    return f"load average {load}; one 3072 x 3072 assignment {assignment:.2f} s; float32 matrix products {rate:.0f} GFLOP/s"
+    return (f"load average {load}; one 3072 x 3072 assignment {assignment:.2f} s; "
+            f"float32 matrix products {rate:.0f} GFLOP/s")
 
 
 def synchronize(device: torch.device) -> None:
@@ -105,8 +106,10 @@ def weight_matching_speed(rounds: int, dtype: torch.dtype, device: torch.device)
     peak = resident_gib()
     later = (total - first_seconds) / max(len(alignment.history) - 1, 1)
     gpu = f", GPU peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else ""
-    print(f"weight matching, {len(alignment.history)} rounds: {total:.1f} s (round 1 {first_seconds:.1f} s, "
-          f"later rounds {later:.1f} s each); peak resident {peak:.2f} GiB, {resident:.2f} GiB before (the models){gpu}")
+    print(
+        f"weight matching, {len(alignment.history)} rounds: {total:.1f} s (round 1 {first_seconds:.1f} s, "
+        f"later rounds {later:.1f} s each); peak resident {peak:.2f} GiB, {resident:.2f} GiB before (the models){gpu}"
+    )
     print("objective after each round:", ", ".join(f"{h:.4g}" for h in alignment.history))
     assert first.history[0] == alignment.history[0], "round 1 differs between the two runs"
 
@@ -144,7 +147,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="weight-matching score dtype")
+    parser.add_argument(
+        "--dtype", choices=["float32", "float64"], default="float32", help="weight-matching score dtype"
+    )
     parser.add_argument("--lambdas", type=int, default=11)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--scales", nargs="+", choices=["ci", "book", "paper"], default=["book", "paper"])

@@ -49,7 +49,9 @@ def trained_pair(epochs: int) -> tuple[nn.Module, nn.Module]:
     config = lmc.MLPConfig(784, (512, 512), 10)
     data = lmc.mnist(train=True)
     train = lmc.TrainConfig(epochs=epochs)
-    return tuple(lmc.train(lambda: lmc.MLP(config), data, train, seed=s, cache_key=repr(config), progress=False) for s in (0, 1))
+    return tuple(
+        lmc.train(lambda: lmc.MLP(config), data, train, seed=s, cache_key=repr(config), progress=False) for s in (0, 1)
+    )
 
 
 def main() -> None:

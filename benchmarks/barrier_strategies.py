@@ -29,7 +29,9 @@ from lmc_lib.book.recipes import RECIPES
 
 def mlp_case(n: int) -> tuple[Callable[[], nn.Module], list]:
     x, y = torch.randn(n, 784), torch.randint(0, 10, (n,))
-    return lambda: lmc.MLP(lmc.MLPConfig(784, (512, 512), 10)), [(x[i : i + 500], y[i : i + 500]) for i in range(0, n, 500)]
+    return lambda: lmc.MLP(lmc.MLPConfig(784, (512, 512), 10)), [
+        (x[i : i + 500], y[i : i + 500]) for i in range(0, n, 500)
+    ]
 
 
 def recipe_case(name: str, scale: str, n: int) -> tuple[Callable[[], nn.Module], list]:
@@ -40,7 +42,9 @@ def recipe_case(name: str, scale: str, n: int) -> tuple[Callable[[], nn.Module],
         x, y = x[:, :-1], x[:, 1:]
     else:
         x, y = torch.randn(n, config.in_channels, config.image_size, config.image_size), torch.randint(0, 10, (n,))
-    return lambda: lmc.canonicalize(config.build().eval()), [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
+    return lambda: lmc.canonicalize(config.build().eval()), [
+        (x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)
+    ]
 
 
 CASES = {

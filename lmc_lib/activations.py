@@ -133,7 +133,9 @@ def _capturing(models: Mapping[str, nn.Module], modules: Iterable[tuple[str, boo
             handle.remove()
 
 
-def _record(moments: dict[tuple[str, int], _Moments], space: Space, kind: str, captured: Mapping[tuple, Tensor]) -> None:
+def _record(
+    moments: dict[tuple[str, int], _Moments], space: Space, kind: str, captured: Mapping[tuple, Tensor]
+) -> None:
     """Add one batch of the space's probed activations to its moments: one set per probe, except for
     invertible maps, which pool each role's probes (only they act differently on the two roles)."""
     for index, probe in enumerate(space.probes):
@@ -141,7 +143,9 @@ def _record(moments: dict[tuple[str, int], _Moments], space: Space, kind: str, c
         end = x_a.shape[-1] if probe.length is None else probe.start + probe.length
         key = (probe.role, 0) if kind == "invertible" else ("write", index)
         grams = kind == "invertible" or (kind == "permutation" and end - probe.start > space.size)
-        moments.setdefault(key, _Moments(end - probe.start, grams)).update(x_a[..., probe.start:end], x_b[..., probe.start:end])
+        moments.setdefault(key, _Moments(end - probe.start, grams)).update(
+            x_a[..., probe.start : end], x_b[..., probe.start : end]
+        )
 
 
 def _match_activations(a: nn.Module, b: nn.Module, data, spec: SymmetrySpec, kinds: Mapping[str, str],
@@ -191,7 +195,8 @@ def activation_matching(
     row per example or token. Permutation: assignment maximising the summed correlation of matched
     units, or, for blocks (a head's outputs), the summed canonical correlations; orthogonal:
     Procrustes on the cross-covariance; a space with several probes (the residual stream after
-    every block) sums these scores over its probes, each scaled alike; invertible: :func:`fit_invertible` on centred activations (x_a ~ T x_b for
+    every block) sums these scores over its probes, each scaled alike; invertible:
+    :func:`~lmc_lib.solvers.fit_invertible` on centred activations (x_a ~ T x_b for
     writer probes, T^T y_a ~ y_b for reader probes: queries and keys). Spaces inside another (a
     head's QK and OV inside the heads) take a second pass, on B aligned by the first.
     """

@@ -26,11 +26,24 @@ from .spec import SymmetrySpec
 from .symmetry import CLASS_ORDER, SYMMETRY_CLASSES, Transform
 
 __all__ = [
-    "Alignment", "CLASS_PRESETS", "Classes", "architecture", "check_pair", "compare_architectures", "check_model", "check_finite", "matched_pair",
+    "Alignment",
+    "CLASS_PRESETS",
+    "Classes",
+    "architecture",
+    "check_pair",
+    "compare_architectures",
+    "check_model",
+    "check_finite",
+    "matched_pair",
     "resolve_classes",
 ]
 
-_PERMUTED = {"hidden": ("permutation",), "residual": ("permutation",), "heads": ("permutation",), "mlp": ("permutation",)}
+_PERMUTED = {
+    "hidden": ("permutation",),
+    "residual": ("permutation",),
+    "heads": ("permutation",),
+    "mlp": ("permutation",),
+}
 
 #: Named class sets, by space group. "paper": the paper's weight matching (an orthogonal residual,
 #: permutations of heads and MLP units; MLPs: permutations); "permutations": permutations only,
@@ -67,7 +80,9 @@ def architecture(model: nn.Module) -> dict[str, tuple[str, dict[str, object]]]:
     """module name -> (class name, scalar settings): what, besides its tensors, decides the function."""
     described = {name: (type(module).__qualname__, _settings(module)) for name, module in model.named_modules()}
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):  # HF: attention implementation aside, the config is the function
+    if config is not None and hasattr(
+        config, "to_dict"
+    ):  # HF: attention implementation aside, the config is the function
         keep = ("n_head", "num_attention_heads", "activation_function", "layer_norm_epsilon", "scale_attn_weights",
                 "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "tie_word_embeddings", "n_positions")
         settings = {k: v for k, v in config.to_dict().items() if k in keep}
@@ -228,8 +243,10 @@ def resolve_classes(spec: SymmetrySpec, classes: Classes, supported: tuple[str, 
     if isinstance(wanted, dict):
         unknown = [g for g in wanted if g not in groups]
         if unknown and not preset:
-            raise ValueError(f"{caller}: classes name space groups {unknown} that the {spec.family} spec does not have; "
-                             f"its groups are {sorted(groups)}")
+            raise ValueError(
+                f"{caller}: classes name space groups {unknown} that the {spec.family} spec does not have; "
+                f"its groups are {sorted(groups)}"
+            )
         requests = {g: names for g, names in wanted.items() if g in groups}
     else:
         requests = {None: wanted}

@@ -114,7 +114,9 @@ def circuit_models(models: Sequence[nn.Module]) -> tuple[nn.Module, ...]:
         check_finite(model, f"{index} of circuit_models" if k > 2 else "AB"[index])
     family = family_of(models[0])
     if family.widen_heads is None:
-        raise ValueError(f"circuit_models: {family.name} models have no attention heads (the family cannot widen heads)")
+        raise ValueError(
+            f"circuit_models: {family.name} models have no attention heads (the family cannot widen heads)"
+        )
     wide = [family.widen_heads(model, k) for model in models]  # own factors in part 0 of each head
     with torch.no_grad():
         states = circuit_states([model.state_dict() for model in wide], spec_for(wide[0]))

@@ -101,7 +101,9 @@ def checked_batches(data: Iterable[Batch], *, targets: bool = True) -> Iterator[
 
 def check_max_batches(max_batches: int | None, caller: str) -> None:
     """ValueError unless ``max_batches`` is None (all batches) or a positive integer."""
-    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1):
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    ):
         raise ValueError(f"{caller}: max_batches must be None (every batch) or a positive integer, got {max_batches!r}")
 
 
@@ -151,7 +153,9 @@ def cifar10(train: bool = True, *, root: str | os.PathLike | None = None, downlo
     dataset = _torchvision_dataset(CIFAR10, "CIFAR-10", data_root(root), train, download)
     images = torch.as_tensor(dataset.data).permute(0, 3, 1, 2).float().div(255)
     mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
-    return TensorData((images - mean) / std, torch.as_tensor(dataset.targets).long(), f"cifar10-{'train' if train else 'test'}")
+    return TensorData(
+        (images - mean) / std, torch.as_tensor(dataset.targets).long(), f"cifar10-{'train' if train else 'test'}"
+    )
 
 
 def digits(train: bool = True, *, test_size: int = 397, seed: int = 0) -> TensorData:

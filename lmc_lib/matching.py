@@ -170,11 +170,15 @@ class _WeightState:
         # B' applies the transforms in spec order; where a later space acts on the same entries (a
         # head's inside, after the heads), a step of the earlier one is not a step on top of B'
         order = list(spec.spaces)
-        self.later = {n: [o for o in spec.overlapping(n) if o in kinds and order.index(o) > order.index(n)] for n in kinds}
+        self.later = {
+            n: [o for o in spec.overlapping(n) if o in kinds and order.index(o) > order.index(n)] for n in kinds
+        }
         for name, later in self.later.items():
             if later and not (spec.spaces[name].circuits and kinds[name] == "permutation"):
-                raise ValueError(f"weight matching: space {name!r} shares entries with the later space {later[0]!r}; "
-                                 "only permutations of blocks compared by circuits (which the later ones leave invariant) may")
+                raise ValueError(
+                    f"weight matching: space {name!r} shares entries with the later space {later[0]!r}; "
+                    "only permutations of blocks compared by circuits (which the later ones leave invariant) may"
+                )
         circuit_spaces = [n for n in kinds if spec.spaces[n].circuits]
         self.circuits_reading = {
             n: [c for c in circuit_spaces if c != n and not spec.spaces[c].params.isdisjoint(
@@ -348,7 +352,8 @@ def weight_matching(
     space (the residual stream) is solved there from the tensors only it touches (embeddings,
     head), as in the paper, and an invertible space from its writers alone (which the spaces before
     it have aligned: this recovers a planted invertible map of a chain of linear layers exactly);
-    these first steps are kept whatever they do to J. Later sweeps go in a seeded random order. It stops after ``max_iter``
+    these first steps are kept whatever they do to J. Later sweeps go in a seeded random order. It stops
+    after ``max_iter``
     sweeps (default: the spec's ``rounds``, 5 for Transformers, as in the paper; else 100) or a
     sweep in which no step was kept. ``history`` holds J(aligned B) - J(B) after each sweep.
     ``classes`` is a preset of :data:`~lmc_lib.alignment.CLASS_PRESETS` ("paper": an orthogonal

@@ -46,7 +46,8 @@ def _check_meanfield(model: nn.Module) -> int:
     fc1, fc2 = getattr(model, "fc1", None), getattr(model, "fc2", None)
     if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear) and fc2.out_features == 1 and fc2.bias is None):
         raise ValueError(
-            "expected a mean-field net from meanfield_net(): fc1 = Linear(d, n), act1 = Tanh, fc2 = Linear(n, 1, bias=False)"
+            "expected a mean-field net from meanfield_net(): fc1 = Linear(d, n), act1 = Tanh, "
+            "fc2 = Linear(n, 1, bias=False)"
         )
     return fc1.out_features
 
@@ -122,7 +123,8 @@ def teacher_data(task: TeacherTask, *, seed: int = 0) -> tuple[TensorData, Tenso
 
 @dataclass(frozen=True)
 class MeanFieldSGD:
-    """Minibatch SGD on the square loss: ``steps`` steps of ``batch_size`` examples (drawn with replacement), step s = ``lr``."""
+    """Minibatch SGD on the square loss: ``steps`` steps of ``batch_size`` examples (drawn with
+    replacement), step size ``lr``."""
 
     steps: int = 3000
     batch_size: int = 128
@@ -154,7 +156,12 @@ def train_meanfield(model: nn.Sequential, data: TensorData, config: MeanFieldSGD
 
 
 def train_pair(
-    data: TensorData, width: int, config: MeanFieldSGD, *, weight_std: float | None = None, seeds: tuple[int, int] = (0, 1)
+    data: TensorData,
+    width: int,
+    config: MeanFieldSGD,
+    *,
+    weight_std: float | None = None,
+    seeds: tuple[int, int] = (0, 1),
 ) -> tuple[nn.Sequential, nn.Sequential]:
     """Networks A and B: independent initialisations and independent minibatch draws, one seed each."""
     dim = data.inputs.shape[1]

@@ -197,9 +197,14 @@ def _writer(space: Space) -> tuple[str, bool]:
     module = weight.param.rpartition(".")[0] if weight is not None else None
     expected = {(f"{module}.weight", 0), (f"{module}.bias", 0)}
     found = {(a.param, a.dim) for a in space.writes}
-    if weight is None or not found <= expected or any(a.start or a.length is not None or a.block != 1 for a in space.writes):
+    if (
+        weight is None
+        or not found <= expected
+        or any(a.start or a.length is not None or a.block != 1 for a in space.writes)
+    ):
         raise ValueError(
-            f"layer-wise OT needs spaces written by the whole rows of one Linear; space {space.name!r} is written by {sorted(found)}"
+            "layer-wise OT needs spaces written by the whole rows of one Linear; "
+            f"space {space.name!r} is written by {sorted(found)}"
         )
     return module, (f"{module}.bias", 0) in found
 
@@ -226,7 +231,8 @@ def layer_dimensions(model: nn.Module, moments: Mapping[str, InputMoments] | Non
     spec = spec_for(model)
     state = model.state_dict()
     return {
-        name: cloud_dimension(incoming_weights(state, space), _metric(space, moments)) for name, space in spec.spaces.items()
+        name: cloud_dimension(incoming_weights(state, space), _metric(space, moments))
+        for name, space in spec.spaces.items()
     }
 
 

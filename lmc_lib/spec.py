@@ -203,11 +203,14 @@ class SymmetrySpec:
                     raise ValueError(f"space {space.name!r}: parameter {axis.param!r} is not in the model")
                 shape = state[axis.param].shape
                 if not -len(shape) <= axis.dim < len(shape):
-                    raise ValueError(f"space {space.name!r}: {axis.param} has no dimension {axis.dim} (shape {tuple(shape)})")
+                    raise ValueError(
+                        f"space {space.name!r}: {axis.param} has no dimension {axis.dim} (shape {tuple(shape)})"
+                    )
                 if axis.extent(shape) != space.size * axis.block or axis.start + axis.extent(shape) > shape[axis.dim]:
                     raise ValueError(
                         f"space {space.name!r} of size {space.size} (block {axis.block}) does not fit "
-                        f"{axis.param} dim {axis.dim} slice [{axis.start}, +{axis.extent(shape)}) of shape {tuple(shape)}"
+                        f"{axis.param} dim {axis.dim} slice [{axis.start}, +{axis.extent(shape)}) "
+                        f"of shape {tuple(shape)}"
                     )
         touched = set(self.params) | set(self.invariant)
         loose = [k for k, v in state.items() if v.is_floating_point() and k not in touched]

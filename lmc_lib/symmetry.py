@@ -111,15 +111,21 @@ class Permutation(Transform):
     def __post_init__(self) -> None:
         indices = torch.as_tensor(self.indices).detach()
         if indices.ndim != 1 or indices.dtype.is_floating_point or indices.dtype == torch.bool:
-            raise ValueError(f"Permutation: expected a 1-D integer tensor, got {indices.dtype} of shape {tuple(indices.shape)}")
+            raise ValueError(
+                f"Permutation: expected a 1-D integer tensor, got {indices.dtype} of shape {tuple(indices.shape)}"
+            )
         indices = indices.to(torch.long).cpu()
         n = indices.numel()
         counts = torch.bincount(indices.clamp(0, max(n - 1, 0)), minlength=n) if n else indices
         if n and (indices.min() < 0 or indices.max() >= n):
-            raise ValueError(f"Permutation: indices must lie in [0, {n}), got range [{int(indices.min())}, {int(indices.max())}]")
+            raise ValueError(
+                f"Permutation: indices must lie in [0, {n}), got range [{int(indices.min())}, {int(indices.max())}]"
+            )
         if n and (counts != 1).any():
             repeated = int(torch.nonzero(counts > 1)[0])
-            raise ValueError(f"Permutation: index {repeated} repeats ({int(counts[repeated])} times); not a permutation")
+            raise ValueError(
+                f"Permutation: index {repeated} repeats ({int(counts[repeated])} times); not a permutation"
+            )
         object.__setattr__(self, "indices", indices)
 
     @property
@@ -170,12 +176,16 @@ class SemiPermutation(Transform):
         bad = torch.nonzero((column_sums - 1).abs() > self.atol).flatten()
         if bad.numel():
             j = int(bad[0])
-            raise ValueError(f"SemiPermutation: column {j} sums to {float(column_sums[j]):.6g}, not 1 (columns must be stochastic)")
+            raise ValueError(
+                f"SemiPermutation: column {j} sums to {float(column_sums[j]):.6g}, not 1 (columns must be stochastic)"
+            )
         positive = (weights > self.atol).sum(1)
         bad = torch.nonzero(positive != 1).flatten()
         if bad.numel():
             i = int(bad[0])
-            raise ValueError(f"SemiPermutation: row {i} has {int(positive[i])} positive entries; each row needs exactly one")
+            raise ValueError(
+                f"SemiPermutation: row {i} has {int(positive[i])} positive entries; each row needs exactly one"
+            )
         object.__setattr__(self, "weights", weights.clamp_min(0) * (weights > self.atol))
 
     @property

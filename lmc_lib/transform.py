@@ -83,7 +83,9 @@ def _check_transforms(state: Mapping[str, Tensor], spec: SymmetrySpec, transform
     for name, t in transforms.items():
         space = spec.spaces[name]
         if not isinstance(t, Transform):
-            raise TypeError(f"space {name!r}: expected a symmetry element (lmc.Permutation, ...), got {type(t).__name__}")
+            raise TypeError(
+                f"space {name!r}: expected a symmetry element (lmc.Permutation, ...), got {type(t).__name__}"
+            )
         if t.size_in != space.size:
             raise ValueError(f"space {name!r} has size {space.size} but its {t.kind} acts on {t.size_in} coordinates")
         if t.kind not in space.classes:
@@ -92,7 +94,9 @@ def _check_transforms(state: Mapping[str, Tensor], spec: SymmetrySpec, transform
                 hint = " (rotations of a residual stream need RMSNorms: call lmc.canonicalize on the model first)"
             raise ValueError(f"space {name!r} admits {space.classes}, not {t.kind}{hint}")
         if t.size_out != space.size and not space.resizable:
-            raise ValueError(f"space {name!r} has a fixed size {space.size}; its {t.kind} would resize it to {t.size_out}")
+            raise ValueError(
+                f"space {name!r} has a fixed size {space.size}; its {t.kind} would resize it to {t.size_out}"
+            )
         if t.size_out != space.size and space.normed and not family_lifts:
             raise ValueError(f"space {name!r} is read through norms: resizing it rescales its readers and the norms' "
                              "eps, which the model's family does; use lmc.transform(model, ...) instead")

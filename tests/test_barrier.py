@@ -25,7 +25,9 @@ def naive_curve(a, b, data, lambdas, loss_fn=None):
     state_a, state_b = a.state_dict(), b.state_dict()
     for lam in lambdas:
         model = copy.deepcopy(a).eval()
-        model.load_state_dict({k: (1 - lam) * v + lam * state_b[k] if v.is_floating_point() else v for k, v in state_a.items()})
+        model.load_state_dict(
+            {k: (1 - lam) * v + lam * state_b[k] if v.is_floating_point() else v for k, v in state_a.items()}
+        )
         total, correct, count = 0.0, 0, 0
         with torch.no_grad():
             for x, y in data:
@@ -33,7 +35,9 @@ def naive_curve(a, b, data, lambdas, loss_fn=None):
                 logits = out.logits if hasattr(out, "logits") else out
                 valid = y != -100
                 if loss_fn is None:
-                    total += float(F.cross_entropy(logits.flatten(0, -2), y.flatten(), ignore_index=-100, reduction="sum"))
+                    total += float(
+                        F.cross_entropy(logits.flatten(0, -2), y.flatten(), ignore_index=-100, reduction="sum")
+                    )
                 else:
                     total += float(loss_fn(logits, y)[valid].double().sum())
                 correct += int((logits.argmax(-1) == y)[valid].sum())
@@ -85,7 +89,9 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.activation}-{c.widths}")
-@pytest.mark.parametrize("lambdas", [11, 4, [0.25, 0.5], torch.tensor([0.9, 0.1, 0.5])], ids=["11", "4", "list", "tensor"])
+@pytest.mark.parametrize(
+    "lambdas", [11, 4, [0.25, 0.5], torch.tensor([0.9, 0.1, 0.5])], ids=["11", "4", "list", "tensor"]
+)
 def test_barrier_equals_a_naive_loop(config, lambdas):
     a, b, data = pair_and_data(config)
     curve = lmc.barrier(a, b, data, lambdas, progress=False)
@@ -118,7 +124,8 @@ def test_barrier_reads_a_dataloader_and_a_generator():
 
 
 @pytest.mark.parametrize(
-    "options", [{"memory_budget": 1}, {"memory_budget": 30_000}, {"strategy": "loop"}, {"strategy": "auto"}, {"device": "cpu"}]
+    "options",
+    [{"memory_budget": 1}, {"memory_budget": 30_000}, {"strategy": "loop"}, {"strategy": "auto"}, {"device": "cpu"}],
 )
 def test_chunking_and_strategies_give_the_same_curve(options):
     config = CONFIGS[2]
@@ -198,7 +205,9 @@ def test_an_ignored_sequence_counts_as_a_removed_one():
     ignored = [(x, torch.cat([torch.full_like(y[:1], -100), y[1:]])) for x, y in data]
     removed = [(x[1:], y[1:]) for x, y in data]
     np.testing.assert_allclose(
-        lmc.barrier(a, b, ignored, 3, progress=False).losses, lmc.barrier(a, b, removed, 3, progress=False).losses, rtol=1e-6
+        lmc.barrier(a, b, ignored, 3, progress=False).losses,
+        lmc.barrier(a, b, removed, 3, progress=False).losses,
+        rtol=1e-6,
     )
     all_ignored = [(x, torch.full_like(y, -100)) for x, y in data]
     with pytest.raises(ValueError, match="data yielded no targets"):
@@ -282,7 +291,9 @@ def test_barrier_refuses_non_finite_losses(strategy):
 def test_barrier_refuses_a_loss_of_the_wrong_shape():
     a, b = pair(CONFIGS[0])
     with pytest.raises(ValueError, match=r"loss_fn must return one loss per target, shape \(32,\); got \(\)"):
-        lmc.barrier(a, b, classification_data(6, 3), loss_fn=lambda logits, y: F.cross_entropy(logits, y), progress=False)
+        lmc.barrier(
+            a, b, classification_data(6, 3), loss_fn=lambda logits, y: F.cross_entropy(logits, y), progress=False
+        )
 
 
 @pytest.mark.parametrize("budget", [-1, 0, float("nan"), float("inf"), True, "1GB"])
@@ -375,7 +386,9 @@ def test_barrier_and_interpolate_leave_the_models_untouched(training):
 
 
 def hand_curve() -> lmc.BarrierCurve:
-    return lmc.BarrierCurve(np.array([0.0, 0.25, 0.5, 1.0]), np.array([1.0, 2.0, 3.0, 2.0]), np.array([0.9, 0.8, 0.5, 0.7]))
+    return lmc.BarrierCurve(
+        np.array([0.0, 0.25, 0.5, 1.0]), np.array([1.0, 2.0, 3.0, 2.0]), np.array([0.9, 0.8, 0.5, 0.7])
+    )
 
 
 def test_barrier_curve_values_by_hand():

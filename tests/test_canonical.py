@@ -31,7 +31,10 @@ def test_rmsnorm_commutes_with_rotations_and_layernorm_only_with_permutations():
 
 def test_layernorm_is_gain_times_rmsnorm_of_centred_input_plus_shift():
     generator, x = _sample(1)
-    gain, shift = torch.rand(WIDTH, generator=generator, dtype=torch.float64) + 0.5, torch.randn(WIDTH, generator=generator, dtype=torch.float64)
+    gain, shift = (
+        torch.rand(WIDTH, generator=generator, dtype=torch.float64) + 0.5,
+        torch.randn(WIDTH, generator=generator, dtype=torch.float64),
+    )
     expected = F.layer_norm(x, (WIDTH,), gain, shift, eps=1e-5)
     torch.testing.assert_close(gain * RMSNorm(WIDTH, eps=1e-5)(center(x, -1)) + shift, expected)
     assert center(x, -1).mean(-1).abs().max() < 1e-12
@@ -40,8 +43,14 @@ def test_layernorm_is_gain_times_rmsnorm_of_centred_input_plus_shift():
 def test_fold_norm_moves_gain_and_shift_into_the_reader():
     # W'(RMSNorm x) + b' = W (g RMSNorm x + s) + b, for a weight stored (out, in) and one stored (in, out)
     generator, x = _sample(2)
-    gain, shift = torch.rand(WIDTH, generator=generator, dtype=torch.float64) + 0.5, torch.randn(WIDTH, generator=generator, dtype=torch.float64)
-    weight, bias = torch.randn(5, WIDTH, generator=generator, dtype=torch.float64), torch.randn(5, generator=generator, dtype=torch.float64)
+    gain, shift = (
+        torch.rand(WIDTH, generator=generator, dtype=torch.float64) + 0.5,
+        torch.randn(WIDTH, generator=generator, dtype=torch.float64),
+    )
+    weight, bias = (
+        torch.randn(5, WIDTH, generator=generator, dtype=torch.float64),
+        torch.randn(5, generator=generator, dtype=torch.float64),
+    )
     normed = RMSNorm(WIDTH, eps=1e-5)(x)
     expected = (gain * normed + shift) @ weight.T + bias
     folded, moved = fold_norm(weight, bias, gain, shift, in_dim=1)
@@ -55,7 +64,11 @@ def test_canonicalizing_a_canonical_model_is_exact(build):
     from test_models_gpt2 import gpt2
     from test_models_vit import vit
 
-    model = gpt2(dict(n_embd=16, n_layer=2, n_head=2), 0) if build == "gpt2" else vit(dict(embed_dim=16, depth=1, num_heads=2))
+    model = (
+        gpt2(dict(n_embd=16, n_layer=2, n_head=2), 0)
+        if build == "gpt2"
+        else vit(dict(embed_dim=16, depth=1, num_heads=2))
+    )
     again = lmc.canonicalize(model)
     assert again is not model
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())

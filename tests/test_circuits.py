@@ -97,7 +97,9 @@ def test_k_models_combine_their_circuits_convexly(generator):
         assert max_relative_error(outputs(model, x), outputs(widened, x)) <= 1e-5
     weights = (0.2, 0.3, 0.5)
     states = [m.state_dict() for m in wide]
-    mixed = lmc.family.load_state(wide[0], {k: sum(w * s[k].double() for w, s in zip(weights, states)) for k in states[0]})
+    mixed = lmc.family.load_state(
+        wide[0], {k: sum(w * s[k].double() for w, s in zip(weights, states)) for k in states[0]}
+    )
     for got, *each in zip(circuits(mixed), *(circuits(m) for m in wide)):
         torch.testing.assert_close(got, sum(w * c for w, c in zip(weights, each)), rtol=1e-5, atol=1e-6)
 

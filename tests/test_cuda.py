@@ -32,7 +32,10 @@ def data_for(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Three small batches of inputs the model takes, with random targets."""
     generator = torch.Generator().manual_seed(0)
     if isinstance(model, lmc.MLP):
-        return [(torch.randn(32, 12, generator=generator), torch.randint(0, 5, (32,), generator=generator)) for _ in range(3)]
+        return [
+            (torch.randn(32, 12, generator=generator), torch.randint(0, 5, (32,), generator=generator))
+            for _ in range(3)
+        ]
     if hasattr(model, "patch_embed"):
         return [(images(model, generator, 8), torch.randint(0, 5, (8,), generator=generator)) for _ in range(3)]
     return [(x[:, :-1], x[:, 1:]) for x in (tokens(generator, 4, 11) for _ in range(3))]
@@ -104,7 +107,9 @@ def test_transforms_keep_function_and_device_on_device(pair):
     spec = lmc.spec_for(a)
     x = data[0][0].to(DEVICE)
     wide = ("semi_permutation",) if classes == ("permutation",) else classes  # the MLP is ReLU: semi-permutations
-    inside = ("permutation",) if classes == ("permutation",) else {**classes, "qk": ("invertible",), "ov": ("invertible",)}
+    inside = (
+        ("permutation",) if classes == ("permutation",) else {**classes, "qk": ("invertible",), "ov": ("invertible",)}
+    )
     for chosen, expand in ((wide, 1.5), (inside, 1.0)):
         moved = lmc.transform(a, lmc.random_transform(spec, chosen, torch.Generator().manual_seed(0), expand=expand))
         assert_on_device(moved)
@@ -145,7 +150,7 @@ def test_training_on_cuda_follows_the_cpu_run():
 
 
 @pytest.mark.parametrize("name", ["vit-mnist", "gpt2-shakespeare"])
-def test_trained_pair_hands_back_models_and_batches_on_the_device(name, shared_root, tmp_path):
+def test_trained_pair_hands_back_models_and_batches_on_the_device(name, shared_root, tmp_path):  # noqa: F811
     pair = lmc.book.trained_pair(tiny(name), root=shared_root, cache=tmp_path, device=DEVICE)
     assert_on_device(pair.a) and assert_on_device(pair.b)
     assert all(x.device.type == y.device.type == DEVICE.type for x, y in pair.test_batches + pair.train_batches)

@@ -22,7 +22,9 @@ def planted_pair(config: lmc.MLPConfig, classes: tuple[str, ...], seed: int) -> 
     return a, lmc.transform(a, lmc.random_transform(lmc.spec_for(a), classes, generator))
 
 
-def probe_data(config: lmc.MLPConfig, n: int = 256, batch: int = 64, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def probe_data(
+    config: lmc.MLPConfig, n: int = 256, batch: int = 64, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, config.in_features, generator=generator)
     y = torch.randint(0, config.out_features, (n,), generator=generator)
@@ -101,7 +103,10 @@ def test_semi_permutation_at_equal_width_is_matched_as_a_permutation():
 LINEAR = lmc.MLPConfig(12, (8, 6), 3, activation="identity")
 
 
-@pytest.mark.parametrize("config", [lmc.MLPConfig(12, (8,), 3, activation="identity"), lmc.MLPConfig(6, (6,), 4, activation="identity", bias=False)])
+@pytest.mark.parametrize(
+    "config",
+    [lmc.MLPConfig(12, (8,), 3, activation="identity"), lmc.MLPConfig(6, (6,), 4, activation="identity", bias=False)],
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_weight_matching_recovers_a_planted_orthogonal_map(config, seed):
     a, b = planted_pair(config, ("orthogonal",), seed)
@@ -178,7 +183,9 @@ def test_solve_assignment_refuses_non_finite_scores():
 # -- refusals and untouched inputs ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("match", [lmc.weight_matching, lambda a, b: lmc.activation_matching(a, b, probe_data(a.config))])
+@pytest.mark.parametrize(
+    "match", [lmc.weight_matching, lambda a, b: lmc.activation_matching(a, b, probe_data(a.config))]
+)
 def test_matching_refuses_different_architectures(match):
     a, b = build_mlp(lmc.MLPConfig(10, (8, 6), 3), 0), build_mlp(lmc.MLPConfig(10, (8, 7), 3), 0)
     with pytest.raises(ValueError, match=r"models differ at module 'fc2': out_features = 6 vs 7"):
@@ -223,7 +230,10 @@ from test_models_vit import images, vit  # noqa: E402
 
 PAPER = {"residual": ("orthogonal",), "heads": ("permutation",), "mlp": ("permutation",)}
 INSIDE_HEADS = {**PAPER, "qk": ("invertible",), "ov": ("invertible",)}
-TRANSFORMERS = [(gpt2, dict(n_embd=16, n_layer=2, n_head=2, n_inner=24)), (vit, dict(embed_dim=16, depth=2, num_heads=2))]
+TRANSFORMERS = [
+    (gpt2, dict(n_embd=16, n_layer=2, n_head=2, n_inner=24)),
+    (vit, dict(embed_dim=16, depth=2, num_heads=2)),
+]
 
 
 def transformer_data(build, model, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -287,10 +297,15 @@ def test_heads_overlap_the_spaces_inside_them():
 def test_fit_invertible_is_exact_on_a_planted_map():
     generator = torch.Generator().manual_seed(0)
     planted = lmc.Invertible.random(5, generator, spread=1.0)
-    writers, readers = torch.randn(5, 9, generator=generator, dtype=torch.float64), torch.randn(5, 7, generator=generator, dtype=torch.float64)
+    writers, readers = (
+        torch.randn(5, 9, generator=generator, dtype=torch.float64),
+        torch.randn(5, 7, generator=generator, dtype=torch.float64),
+    )
     # A's writers are T B's, A's readers T^-T B's
     writers_a, readers_a = planted.matrix @ writers, planted.read_matrix.T @ readers
-    found = lmc.solvers.fit_invertible(writers_a @ writers.T + readers_a @ readers.T, writers @ writers.T, readers_a @ readers_a.T)
+    found = lmc.solvers.fit_invertible(
+        writers_a @ writers.T + readers_a @ readers.T, writers @ writers.T, readers_a @ readers_a.T
+    )
     torch.testing.assert_close(found.matrix, planted.matrix, rtol=1e-7, atol=1e-7)
 
 

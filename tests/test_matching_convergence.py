@@ -81,7 +81,7 @@ def test_every_statistic_is_read_in_the_aligned_frame(family, classes, monkeypat
         return gain
 
     monkeypatch.setattr(matching._WeightState, "try_step", checked_step)
-    alignment = lmc.weight_matching(a, b, classes=CLASS_SETS[classes], max_iter=3)
+    lmc.weight_matching(a, b, classes=CLASS_SETS[classes], max_iter=3)
     assert "residual" in checked and any(n.endswith(".heads") for n in checked)
 
 

@@ -31,7 +31,11 @@ def test_closed_form_step_equals_autograd_sgd_with_mean_field_rates():
     reference = mf.meanfield_net(3, 16, seed=0)
     mf.square_loss(reference(data.inputs[index]), data.targets[index]).mean().backward()
     with torch.no_grad():
-        for param, step in ((reference.fc1.weight, 0.3 * 16), (reference.fc1.bias, 0.3 * 16), (reference.fc2.weight, 0.3 / 16)):
+        for param, step in (
+            (reference.fc1.weight, 0.3 * 16),
+            (reference.fc1.bias, 0.3 * 16),
+            (reference.fc2.weight, 0.3 / 16),
+        ):
             param -= step * param.grad
     stepped = mf.train_meanfield(model, data, config, seed=7)
     for name, tensor in reference.state_dict().items():

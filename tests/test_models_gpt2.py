@@ -38,10 +38,25 @@ def tokens(generator: torch.Generator, n: int = 3, length: int = 10) -> torch.Te
 class TestGPT2(AdapterContract):
     CONFIGS = [
         dict(n_embd=16, n_layer=1, n_head=2),
-        dict(n_embd=24, n_layer=2, n_head=3, n_inner=32, activation_function="gelu", tie_word_embeddings=False, attention="eager"),
+        dict(
+            n_embd=24,
+            n_layer=2,
+            n_head=3,
+            n_inner=32,
+            activation_function="gelu",
+            tie_word_embeddings=False,
+            attention="eager",
+        ),
         dict(n_embd=32, n_layer=3, n_head=4, n_inner=24, activation_function="relu"),
-        dict(n_embd=16, n_layer=2, n_head=4, n_inner=16, scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
-             attention="eager"),
+        dict(
+            n_embd=16,
+            n_layer=2,
+            n_head=4,
+            n_inner=16,
+            scale_attn_by_inverse_layer_idx=True,
+            reorder_and_upcast_attn=True,
+            attention="eager",
+        ),
         dict(n_embd=16, n_layer=2, n_head=1, n_inner=20, scale_attn_weights=False),
         dict(n_embd=16, n_layer=2, n_head=2, n_inner=16, canonical=False),
         dict(n_embd=24, n_layer=1, n_head=4, n_inner=16, tie_word_embeddings=False, attention="eager", canonical=False),

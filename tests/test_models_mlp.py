@@ -27,7 +27,9 @@ class TestMLP(AdapterContract):
 
 
 def test_classes_follow_the_activation():
-    relu, gelu, linear = (lmc.spec_for(lmc.MLP(lmc.MLPConfig(4, (3, 3), 2, activation=a))) for a in ("relu", "gelu", "identity"))
+    relu, gelu, linear = (
+        lmc.spec_for(lmc.MLP(lmc.MLPConfig(4, (3, 3), 2, activation=a))) for a in ("relu", "gelu", "identity")
+    )
     assert relu.spaces["fc1"].classes == ("permutation", "semi_permutation")
     assert gelu.spaces["fc1"].classes == ("permutation",)
     assert linear.spaces["fc1"].classes == ("permutation", "semi_permutation", "orthogonal", "invertible")

@@ -114,13 +114,18 @@ def test_head_split_gives_more_heads_of_the_same_width(generator):
 def test_head_width_is_fixed():
     spec = lmc.spec_for(vit(TestViT.CONFIGS[0]))
     with pytest.raises(ValueError, match="has a fixed size 8"):
-        lmc.transform_state(vit(TestViT.CONFIGS[0]).state_dict(), spec, {"blocks.0.attn.head0.qk": lmc.Orthogonal.random(8, 12)})
+        lmc.transform_state(
+            vit(TestViT.CONFIGS[0]).state_dict(), spec, {"blocks.0.attn.head0.qk": lmc.Orthogonal.random(8, 12)}
+        )
 
 
 def test_barrier_vmap_equals_loop(generator):
     a, b = vit(TestViT.CONFIGS[1], 0), vit(TestViT.CONFIGS[1], 1)
     x = images(a, generator, 12)
-    data = [(x[:6], torch.randint(0, 5, (6,), generator=generator)), (x[6:], torch.randint(0, 5, (6,), generator=generator))]
+    data = [
+        (x[:6], torch.randint(0, 5, (6,), generator=generator)),
+        (x[6:], torch.randint(0, 5, (6,), generator=generator)),
+    ]
     fast = lmc.barrier(a, b, data, lambdas=5, strategy="vmap", progress=False)
     slow = lmc.barrier(a, b, data, lambdas=5, strategy="loop", progress=False)
     assert abs(lmc.barrier(a, a, data, lambdas=3, progress=False).barrier) < 1e-6
@@ -160,6 +165,8 @@ def test_head_without_final_norm_cannot_be_canonicalized():
 
 
 def test_rope_vit_is_refused():
-    eva = Eva(img_size=8, patch_size=4, in_chans=1, num_classes=5, embed_dim=16, depth=1, num_heads=2, use_rot_pos_emb=True)
+    eva = Eva(
+        img_size=8, patch_size=4, in_chans=1, num_classes=5, embed_dim=16, depth=1, num_heads=2, use_rot_pos_emb=True
+    )
     with pytest.raises(TypeError, match="no symmetry spec for Eva"):
         lmc.spec_for(eva)

@@ -107,7 +107,9 @@ def test_cloud_dimension_through_the_data_sees_only_the_data_subspace(generator)
     root = basis @ basis.T  # the square root of a projector is itself
     assert lmc.ot.cloud_dimension(weight) == pytest.approx(lmc.ot.effective_dimension(weight.T @ weight))
     assert lmc.ot.cloud_dimension(weight) > 8
-    assert lmc.ot.cloud_dimension(weight, second) == pytest.approx(lmc.ot.effective_dimension(root @ weight.T @ weight @ root))
+    assert lmc.ot.cloud_dimension(weight, second) == pytest.approx(
+        lmc.ot.effective_dimension(root @ weight.T @ weight @ root)
+    )
     assert lmc.ot.cloud_dimension(weight, second) <= 2 + 1e-9
     with pytest.raises(ValueError, match="fan-in 10 need"):
         lmc.ot.cloud_dimension(weight, torch.eye(3))

@@ -53,10 +53,27 @@ def test_scales_grow_and_the_paper_scale_is_the_papers_model():
         sizes = [sum(p.numel() for p in scales[s].model.build().parameters()) for s in ("ci", "book", "paper")]
         assert sizes == sorted(sizes) and len(set(sizes)) == 3
     vit, gpt = lmc.book.RECIPES["vit-cifar10"]["paper"], lmc.book.RECIPES["gpt2-shakespeare"]["paper"]
-    assert (vit.model.depth, vit.model.num_heads, vit.model.embed_dim, vit.model.mlp_dim, vit.model.patch_size) == (6, 8, 256, 512, 4)
+    assert (vit.model.depth, vit.model.num_heads, vit.model.embed_dim, vit.model.mlp_dim, vit.model.patch_size) == (
+        6,
+        8,
+        256,
+        512,
+        4,
+    )
     assert (vit.training.epochs, vit.training.lr, vit.training.weight_decay) == (150, 3e-4, 1e-3)
-    assert (gpt.model.n_layer, gpt.model.n_head, gpt.model.n_embd, gpt.model.n_inner, gpt.model.block_size) == (6, 4, 256, 1024, 256)
-    assert (gpt.model.dropout, gpt.training.lr, gpt.training.weight_decay, gpt.training.batch_size) == (0.1, 3e-4, 0.01, 32)
+    assert (gpt.model.n_layer, gpt.model.n_head, gpt.model.n_embd, gpt.model.n_inner, gpt.model.block_size) == (
+        6,
+        4,
+        256,
+        1024,
+        256,
+    )
+    assert (gpt.model.dropout, gpt.training.lr, gpt.training.weight_decay, gpt.training.batch_size) == (
+        0.1,
+        3e-4,
+        0.01,
+        32,
+    )
 
 
 def test_unknown_names_and_datasets_are_refused():
@@ -103,7 +120,10 @@ def test_paper_table_puts_the_papers_barrier_beside_ours():
     curve = lmc.BarrierCurve(lambdas, np.array([0.5, 1.5, 0.5]), np.array([0.9, 0.6, 0.9]))
     table = lmc.book.compare_with_paper({"vanilla averaging": curve, "something new": curve}, "ViT CIFAR-10")
     assert table.columns == ("path", "loss barrier", "accuracy barrier", "paper: ViT CIFAR-10")
-    assert table.rows == (("vanilla averaging", 1.0, pytest.approx(0.3), "1.69"), ("something new", 1.0, pytest.approx(0.3), "-"))
+    assert table.rows == (
+        ("vanilla averaging", 1.0, pytest.approx(0.3), "1.69"),
+        ("something new", 1.0, pytest.approx(0.3), "-"),
+    )
 
 
 def logits(model, x) -> torch.Tensor:

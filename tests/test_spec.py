@@ -12,7 +12,9 @@ from strategies import build_mlp, mlp_configs
 
 def fused_spec() -> lmc.spec.SymmetrySpec:
     """Two spaces sharing the rows of one fused tensor "w" (6 x 4): q owns rows 0-3 in blocks of 2, k rows 4-5."""
-    q = lmc.spec.Space("q", 2, ("permutation",), writes=(lmc.spec.Axis("w", 0, 0, 4, block=2),), reads=(lmc.spec.Axis("v", 1),))
+    q = lmc.spec.Space(
+        "q", 2, ("permutation",), writes=(lmc.spec.Axis("w", 0, 0, 4, block=2),), reads=(lmc.spec.Axis("v", 1),)
+    )
     k = lmc.spec.Space("k", 2, ("permutation", "orthogonal"), writes=(lmc.spec.Axis("w", 0, 4, 2),), reads=())
     return lmc.spec.SymmetrySpec("fused", {"q": q, "k": k}, invariant=("b",))
 
@@ -83,7 +85,10 @@ def test_check_accepts_a_matching_state():
         (lambda s: s.update(v=torch.zeros(3)), r"space 'q': v has no dimension 1"),
         (lambda s: s.update(w=torch.zeros(5, 4)), r"space 'k' of size 2 \(block 1\) does not fit w dim 0"),
         (lambda s: s.update(v=torch.zeros(3, 5)), r"space 'q' of size 2 \(block 1\) does not fit v dim 1"),
-        (lambda s: s.update(extra=torch.zeros(2)), r"floating tensors in no space and not declared invariant: \['extra'\]"),
+        (
+            lambda s: s.update(extra=torch.zeros(2)),
+            r"floating tensors in no space and not declared invariant: \['extra'\]",
+        ),
     ],
 )
 def test_check_names_what_does_not_fit(change, message):

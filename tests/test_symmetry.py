@@ -218,9 +218,13 @@ def test_mixed_composition_gives_the_right_class(self_kind, other_kind, widen, e
 
 
 def test_composition_refuses_mismatched_sizes():
-    with pytest.raises(ValueError, match="cannot compose permutation of input size 3 after permutation of output size 4"):
+    with pytest.raises(
+        ValueError, match="cannot compose permutation of input size 3 after permutation of output size 4"
+    ):
         lmc.Permutation.random(3).compose(lmc.Permutation.random(4))
-    with pytest.raises(ValueError, match="cannot compose orthogonal of input size 5 after semi_permutation of output size 6"):
+    with pytest.raises(
+        ValueError, match="cannot compose orthogonal of input size 5 after semi_permutation of output size 6"
+    ):
         lmc.Orthogonal.random(5).compose(lmc.SemiPermutation.random(5, 6))
 
 

@@ -102,10 +102,22 @@ def test_second_call_loads_from_the_cache(tmp_path, monkeypatch):
     second = fit(0, cache_key=key, cache=tmp_path)
     assert same_state(first, second) and not second.training
     # the key holds the seed, the config and the data: a change is a miss, which trains
-    for options in ({"seed": 1}, {"config": lmc.TrainConfig(epochs=11, batch_size=32, lr=3e-2)}, {"data": teacher_data(100)}):
+    for options in (
+        {"seed": 1},
+        {"config": lmc.TrainConfig(epochs=11, batch_size=32, lr=3e-2)},
+        {"data": teacher_data(100)},
+    ):
         arguments = {"seed": 0, "config": CONFIG, "data": teacher_data(), **options}
         with pytest.raises(AssertionError, match="trained although"):
-            lmc.train(build, arguments["data"], arguments["config"], seed=arguments["seed"], cache_key=key, cache=tmp_path, progress=False)
+            lmc.train(
+                build,
+                arguments["data"],
+                arguments["config"],
+                seed=arguments["seed"],
+                cache_key=key,
+                cache=tmp_path,
+                progress=False,
+            )
 
 
 def test_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
@@ -149,7 +161,9 @@ def test_divergence_raises():
 
 @pytest.mark.parametrize("optimizer, schedule, warmup, lr", [("sgd", "constant", 0, 0.1), ("adamw", "cosine", 5, 3e-2)])
 def test_every_optimizer_and_schedule_trains(optimizer, schedule, warmup, lr):
-    config = lmc.TrainConfig(epochs=8, batch_size=32, lr=lr, optimizer=optimizer, schedule=schedule, warmup_steps=warmup)
+    config = lmc.TrainConfig(
+        epochs=8, batch_size=32, lr=lr, optimizer=optimizer, schedule=schedule, warmup_steps=warmup
+    )
     data = teacher_data()
     assert lmc.evaluate(lmc.train(build, data, config, seed=0, progress=False), data.batches())[0] < 0.3
 
@@ -193,7 +207,9 @@ class ConstantLogits(nn.Module):
 
 def test_evaluate_by_hand():
     targets = torch.tensor([1, 1, 0, -100, 1])
-    loss, accuracy = lmc.evaluate(ConstantLogits(), [(torch.zeros(3, 1), targets[:3]), (torch.zeros(2, 1), targets[3:])])
+    loss, accuracy = lmc.evaluate(
+        ConstantLogits(), [(torch.zeros(3, 1), targets[:3]), (torch.zeros(2, 1), targets[3:])]
+    )
     # three targets of class 1 (-log 3/4 each), one of class 0 (-log 1/4), one ignored
     assert loss == pytest.approx((3 * -math.log(0.75) - math.log(0.25)) / 4)
     assert accuracy == pytest.approx(3 / 4)

@@ -44,7 +44,9 @@ def test_every_admitted_class_preserves_the_function(config, seed, expand):
 def test_semi_permutation_writes_a_relu_mlp_as_an_equivalent_wider_one(config, seed, expand):
     model = build_mlp(config, seed)
     generator = torch.Generator().manual_seed(seed)
-    wide = lmc.transform(model, lmc.random_transform(lmc.spec_for(model), ("semi_permutation",), generator, expand=expand))
+    wide = lmc.transform(
+        model, lmc.random_transform(lmc.spec_for(model), ("semi_permutation",), generator, expand=expand)
+    )
     widths = tuple(max(w, round(expand * w)) for w in config.widths)
     assert wide.config.widths == widths
     assert lmc.spec_for(wide).sizes() == {f"fc{i}": w for i, w in enumerate(widths, start=1)}
@@ -109,7 +111,9 @@ def test_transform_state_keeps_dtypes_and_integer_tensors():
 def test_random_transform_picks_the_most_general_admitted_class():
     relu = lmc.spec_for(build_mlp(lmc.MLPConfig(3, (4, 4), 2), 0))
     linear = lmc.spec_for(build_mlp(lmc.MLPConfig(3, (4, 4), 2, activation="identity"), 0))
-    assert {t.kind for t in lmc.random_transform(relu, ("permutation", "semi_permutation")).values()} == {"semi_permutation"}
+    assert {t.kind for t in lmc.random_transform(relu, ("permutation", "semi_permutation")).values()} == {
+        "semi_permutation"
+    }
     classes = ("permutation", "semi_permutation", "orthogonal")
     assert {t.kind for t in lmc.random_transform(linear, classes).values()} == {"orthogonal"}
     with pytest.raises(ValueError, match=r"random_transform: no space of the mlp spec admits 'orthogonal'"):
@@ -200,9 +204,10 @@ def test_transform_state_refuses_what_only_the_family_can_lift():
 
 def test_invertible_maps_the_dtype_cannot_carry_are_refused():
     model = build_mlp(lmc.MLPConfig(4, (5,), 2, activation="identity"), 0)
-    spec = lmc.spec_for(model)
     ill = lmc.Invertible(torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0, 1e-5], dtype=torch.float64)))
-    with pytest.raises(ValueError, match=r"space 'fc1': the invertible map's condition number 1e\+05 exceeds 8.39e\+03"):
+    with pytest.raises(
+        ValueError, match=r"space 'fc1': the invertible map's condition number 1e\+05 exceeds 8.39e\+03"
+    ):
         lmc.transform(model, {"fc1": ill})
     lmc.transform(model.double(), {"fc1": ill})  # float64 carries it
 

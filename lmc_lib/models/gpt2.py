@@ -66,7 +66,9 @@ def _block(model: nn.Module, index: int) -> Block:
                 f"{name}.{norm} is {type(module).__name__}; only LayerNorm (or lmc_lib's RMSNorm) is supported")
     attn, mlp = block.attn, block.mlp
     width = model.config.n_embd
-    assert attn.c_attn.weight.shape == (width, 3 * attn.num_heads * attn.head_dim), "HF Conv1D stores (in, out); c_attn is q|k|v"
+    assert attn.c_attn.weight.shape == (width, 3 * attn.num_heads * attn.head_dim), (
+        "HF Conv1D stores (in, out); c_attn is q|k|v"
+    )
     assert mlp.c_fc.weight.shape[0] == width and mlp.c_proj.weight.shape[1] == width, "HF Conv1D stores (in, out)"
     return Block(
         name=name,

@@ -137,17 +137,34 @@ def _attention_spaces(block: Block) -> list[Space]:
     q, k, v = (block.qkv.outputs(part * h * d, h * d, d) for part in range(3))
     o = block.out.inputs(block=d)
     spaces = [
-        Space(f"{block.attention}.heads", h, block.head_classes, q + k + v, o, probe=Probe(block.out.module, inputs=True),
-              circuits=(Circuit(q, k), Circuit(o, v)), group="heads")
+        Space(
+            f"{block.attention}.heads",
+            h,
+            block.head_classes,
+            q + k + v,
+            o,
+            probe=Probe(block.out.module, inputs=True),
+            circuits=(Circuit(q, k), Circuit(o, v)),
+            group="heads",
+        )
     ]
     for i in range(h):
         queries = Probe(block.qkv.module, start=i * d, length=d)
         keys = Probe(block.qkv.module, start=(h + i) * d, length=d, role="read")
         spaces.append(Space(f"{block.attention}.head{i}.qk", d, INSIDE_HEAD, block.qkv.outputs(i * d, d),
                             block.qkv.outputs((h + i) * d, d), probe=(queries, keys), group="qk", resizable=False))
-        spaces.append(Space(f"{block.attention}.head{i}.ov", d, INSIDE_HEAD, block.qkv.outputs((2 * h + i) * d, d),
-                            block.out.inputs(i * d, d), probe=Probe(block.out.module, inputs=True, start=i * d, length=d),
-                            group="ov", resizable=False))
+        spaces.append(
+            Space(
+                f"{block.attention}.head{i}.ov",
+                d,
+                INSIDE_HEAD,
+                block.qkv.outputs((2 * h + i) * d, d),
+                block.out.inputs(i * d, d),
+                probe=Probe(block.out.module, inputs=True, start=i * d, length=d),
+                group="ov",
+                resizable=False,
+            )
+        )
     return spaces
 
 
@@ -236,7 +253,9 @@ def canonicalize_layout(model: nn.Module, layout: Layout) -> nn.Module:
         module = new.get_submodule(reader.module)
         if reader.bias_name in state and getattr(module, "bias", None) is None:
             weight = module.weight
-            module.bias = nn.Parameter(weight.new_zeros(weight.shape[reader.out_dim]), requires_grad=weight.requires_grad)
+            module.bias = nn.Parameter(
+                weight.new_zeros(weight.shape[reader.out_dim]), requires_grad=weight.requires_grad
+            )
     return load_state(new, state)
 
 

@@ -61,12 +61,18 @@ def _block(model: nn.Module, index: int) -> Block:
     _refuse(type(block) is not TimmBlock,
             f"{name} is {type(block).__name__}; only the pre-norm Block is supported (no post-norm or parallel blocks)")
     for scale in ("ls1", "ls2"):
-        _refuse(not isinstance(getattr(block, scale), nn.Identity), f"{name}.{scale} is LayerScale (init_values); not supported")
+        _refuse(
+            not isinstance(getattr(block, scale), nn.Identity),
+            f"{name}.{scale} is LayerScale (init_values); not supported",
+        )
     attn, mlp = block.attn, block.mlp
     _refuse(type(attn) is not Attention, f"{name}.attn is {type(attn).__name__}; only timm's Attention is supported")
     for norm in ("q_norm", "k_norm"):
         _refuse(not isinstance(getattr(attn, norm), nn.Identity), f"{name}.attn.{norm}: qk-norm is not supported")
-    _refuse(not isinstance(attn.norm, nn.Identity), f"{name}.attn.norm: attention output norm (scale_attn_norm) is not supported")
+    _refuse(
+        not isinstance(attn.norm, nn.Identity),
+        f"{name}.attn.norm: attention output norm (scale_attn_norm) is not supported",
+    )
     _refuse(getattr(attn, "gate", None) is not None, f"{name}.attn.gate: gated attention is not supported")
     _refuse(type(mlp) is not Mlp or not isinstance(mlp.fc1, nn.Linear),
             f"{name}.mlp is {type(mlp).__name__}; only timm's Mlp with Linear layers is supported")
@@ -172,5 +178,13 @@ def widen_vit_heads(model: nn.Module, factor: int) -> nn.Module:
     return new
 
 
-register_family(Family(name="timm-vit", accepts=_is_vit, spec=vit_spec, rebuild=rebuild_vit, canonicalize=canonicalize_vit,
-                       widen_heads=widen_vit_heads))
+register_family(
+    Family(
+        name="timm-vit",
+        accepts=_is_vit,
+        spec=vit_spec,
+        rebuild=rebuild_vit,
+        canonicalize=canonicalize_vit,
+        widen_heads=widen_vit_heads,
+    )
+)
