@@ -9,7 +9,8 @@ MODEL is a folder (one :func:`lmc_lib.save` wrote, a Hugging Face GPT-2 folder, 
 ``timm:NAME:WEIGHTS`` (a named timm ViT, built without a network, with the weights of a local
 file) or ``hf:NAME`` (a Hugging Face hub name: the only form that uses a network). DATA is
 ``mnist``, ``digits``, ``tiny_shakespeare`` (characters), a text file read with ``--tokenizer
-FOLDER``, or a ``.safetensors`` file holding ``inputs`` and ``targets``; datasets are read from
+FOLDER``, a ``.safetensors`` file holding ``inputs`` and ``targets``, or a folder of images with one
+subfolder per class (read with the ViT's own timm data config); datasets are read from
 ``$LMC_DATA_DIR`` and never downloaded. ``lmc align`` writes OUT/a (A as aligned against:
 canonical when the classes need it) and OUT/b (B aligned to A). Bad input ends with status 1
 and one line on stderr naming what and where; usage errors with status 2.
@@ -221,6 +222,38 @@ def _block_size(args: argparse.Namespace, model: nn.Module) -> int:
     return min(getattr(config, "n_positions", 256), 256)
 
 
+def _image_folder(path: Path, model: nn.Module, limit: int | None) -> tuple[Tensor, Tensor]:
+    """Images of a class-per-subfolder folder (torchvision ImageFolder), resized, cropped and normalised by
+    the model's own timm data config, at the resolution and channels its patch embedding reads."""
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.datasets import ImageFolder
+
+    embed = getattr(model, "patch_embed", None)
+    if embed is None:
+        raise CommandError(f"data {str(path)!r}: an image folder needs a timm ViT to read it (its data config)")
+    channels, size = embed.proj.in_channels, tuple(embed.img_size)
+    config = resolve_data_config({}, model=model)
+    mean, std = tuple(config["mean"]), tuple(config["std"])
+    if len(mean) != channels:  # a grey-scale model: the mean of the colour statistics
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    config.update(input_size=(channels, *size), mean=mean, std=std, crop_pct=1.0)
+    transform = create_transform(**config)
+    mode = "L" if channels == 1 else "RGB"
+    folder = ImageFolder(str(path), transform=transform, loader=lambda file: _open_image(file, mode))
+    count = len(folder) if limit is None else min(limit, len(folder))
+    if count == 0:
+        raise CommandError(f"data {str(path)!r}: no images found (expected one subfolder of images per class)")
+    images = [folder[i] for i in range(count)]
+    return torch.stack([x for x, _ in images]), torch.tensor([y for _, y in images])
+
+
+def _open_image(file: str, mode: str):
+    from PIL import Image
+
+    with Image.open(file) as image:
+        return image.convert(mode)
+
+
 def read_data(args: argparse.Namespace, model: nn.Module) -> list[tuple[Tensor, Tensor]]:
     """The batches ``--data`` names (``--split``, ``--limit`` examples, ``--batch-size``); CommandError otherwise."""
     from . import data as datasets
@@ -248,11 +281,10 @@ def read_data(args: argparse.Namespace, model: nn.Module) -> list[tuple[Tensor, 
         elif path.is_file():
             inputs, targets = _text_windows(path, args.tokenizer, _block_size(args, model))
         elif path.is_dir():
-            raise CommandError(f"data {name!r}: image folders are not read yet; save the images as a .safetensors "
-                               "file with 'inputs' (N, C, H, W) and 'targets' (N,)")
+            inputs, targets = _image_folder(path, model, args.limit)
         else:
             raise CommandError(f"data {name!r}: unknown; expected mnist, digits, tiny_shakespeare, a .safetensors "
-                               "file of inputs and targets, or a text file with --tokenizer")
+                               "file of inputs and targets, a text file with --tokenizer, or an image folder")
     except (FileNotFoundError, ValueError, OSError) as error:
         raise CommandError(f"data {name!r}: {_first_line(error)}") from None
     if len(inputs) != len(targets) or len(inputs) == 0:

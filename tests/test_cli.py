@@ -207,3 +207,19 @@ def test_usage_errors_exit_2(capsys):
     assert main(["align"]) == 2
     assert main([]) == 2
     assert "usage: lmc" in capsys.readouterr().err
+
+
+def test_an_image_folder_is_read_with_the_vits_data_config(folders, capsys, tmp_path):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(3):
+            pixels = torch.randint(0, 256, (11, 13), generator=generator, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).convert("RGB").save(tmp_path / "images" / label / f"{i}.png")
+    code, out, err = run(capsys, "barrier", folders["vit0"], folders["vit1"], "--data", tmp_path / "images",
+                         "--lambdas", "3", "--json")
+    curve = json.loads(out)
+    assert code == 0, err
+    assert curve["examples"] == 6 and len(curve["losses"]) == 3
