@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import warnings
 
@@ -44,13 +45,15 @@ class _Statistics:
     """One space's sums over its tensors, size x size, in the frame of B' (B with every current
     transform applied, where the current alignment of the space is the identity): ``cross`` is
     sum X_A X_B'^T over writers and readers; invertible solves keep the readers' apart in
-    ``cross_read`` and add the Grams X_B' X_B'^T of the writers, X_A X_A^T and X_B' X_B'^T of the readers."""
+    ``cross_read`` and add the Grams X_B' X_B'^T of the writers, X_A X_A^T and X_B' X_B'^T of the readers,
+    and ||X_A||^2 of the writers (to tell when the writers alone determine T)."""
 
     cross: Tensor
     cross_read: Tensor | None = None
     gram_write_b: Tensor | None = None
     gram_read_a: Tensor | None = None
     gram_read_b: Tensor | None = None
+    write_norm_a: Tensor | None = None
 
     def __add__(self, other: _Statistics) -> _Statistics:
         summed = (None if x is None else x + getattr(other, f.name) for f, x in zip(fields(self), vars(self).values()))
@@ -59,11 +62,6 @@ class _Statistics:
     def double(self) -> _Statistics:
         return _Statistics(*(None if x is None else x.double().cpu() for x in vars(self).values()))
 
-    def writers_only(self) -> _Statistics:
-        """The writers' sums alone (an invertible space's readers wait for the next space's alignment)."""
-        return _Statistics(self.cross, torch.zeros_like(self.cross_read), self.gram_write_b,
-                           torch.zeros_like(self.gram_read_a), self.gram_read_b)
-
     def moved(self, t: Transform) -> _Statistics:
         """The sums after B moves by T: writers X -> T X, readers Y -> T^-T Y."""
         if t.kind != "invertible":  # T^-T = T
@@ -71,7 +69,7 @@ class _Statistics:
             return _Statistics(cross)
         matrix, read = t.matrix, t.read_matrix  # T, T^-1
         return _Statistics(self.cross @ matrix.T, self.cross_read @ read, matrix @ self.gram_write_b @ matrix.T,
-                           self.gram_read_a, read.T @ self.gram_read_b @ read)
+                           self.gram_read_a, read.T @ self.gram_read_b @ read, self.write_norm_a)
 
 
 def _total(*parts: _Statistics | None) -> _Statistics | None:
@@ -95,29 +93,56 @@ def _objective(t: Transform, stats: _Statistics) -> float:
     )
 
 
-def _solve(kind: str, stats: _Statistics, limit: float) -> Transform | ValueError:
-    """The element of ``kind`` maximising the space's objective (exactly, except for invertible maps,
-    whose condition number must stay below ``limit``, what the model's dtype carries).
+def _writers_explained(t: Transform, stats: _Statistics) -> bool:
+    """True when T X_B' = X_A on the writers, to 1e-6 relative: ||X_A||^2 - 2 <T, C_w> + <T G_wB, T>."""
+    total = float(stats.write_norm_a)
+    fitted = float((t.matrix @ stats.gram_write_b * t.matrix).sum())
+    residual = total - 2 * float((t.matrix * stats.cross).sum()) + fitted
+    return total > 0 and residual <= 1e-6 * total
 
-    An invertible map has no closed form under both sides' terms (readers move by T^-T); of the
-    least-squares fits of both sides and of the writers alone (exact when B's writers are A's under
-    T, whatever the readers, which the next space has not aligned yet) the one with the larger
-    objective is taken. When no fit is within ``limit`` the error saying so is returned (no step).
+
+class _Solution(NamedTuple):
+    """A space's best step (or why there is none), whether the writers prove it, and why they do not
+    determine an invertible map (None when they do, or for other classes)."""
+
+    step: Transform | ValueError
+    proven: bool = False
+    undetermined: ValueError | None = None
+
+
+def _solve(kind: str, stats: _Statistics, limit: float) -> _Solution:
+    """The element of ``kind`` maximising the space's objective (exactly, except for invertible maps,
+    whose condition number must stay below ``limit``, what the model's dtype carries), and whether it
+    is proven (B's writers are A's under it).
+
+    An invertible map has no closed form under both sides' terms (readers move by T^-T). When the
+    writers alone determine T exactly (B is A under T there, whatever the readers, which the next
+    space may not have aligned yet) that fit is proven and taken; else of the least-squares fits of
+    both sides and of the writers the one with the larger objective. When no fit is within
+    ``limit`` the error saying so is returned (no step).
     """
     if kind == "permutation":
-        return solve_assignment(stats.cross)
+        return _Solution(solve_assignment(stats.cross))
     if kind == "orthogonal":
-        return nearest_orthogonal(stats.cross)
-    sides = ((stats.cross + stats.cross_read, stats.gram_read_a), (stats.cross, torch.zeros_like(stats.gram_read_a)))
-    fits, errors = [], []
-    for cross, gram_read_a in sides:
-        try:
-            fits.append(fit_invertible(cross, stats.gram_write_b, gram_read_a, max_condition=limit))
-        except ValueError as error:
-            errors.append(error)
+        return _Solution(nearest_orthogonal(stats.cross))
+    no_readers = torch.zeros_like(stats.gram_read_a)
+    try:
+        writers = fit_invertible(stats.cross, stats.gram_write_b, no_readers, max_condition=limit)
+    except ValueError as error:
+        writers, undetermined = None, error
+    else:
+        undetermined = None
+        if _writers_explained(writers, stats):
+            return _Solution(writers, proven=True)
+    try:
+        both = fit_invertible(stats.cross + stats.cross_read, stats.gram_write_b, stats.gram_read_a,
+                              max_condition=limit)
+    except ValueError as error:
+        both = error if writers is None else None
+    fits = [t for t in (writers, both) if isinstance(t, Transform)]
     if not fits:
-        return errors[0]
-    return max(fits, key=lambda t: _objective(t, stats))
+        return _Solution(both, undetermined=undetermined)
+    return _Solution(max(fits, key=lambda t: _objective(t, stats)), undetermined=undetermined)
 
 
 def _applied(tensor: Tensor, param: str, spec: SymmetrySpec, transforms: Mapping[str, Transform]) -> Tensor:
@@ -222,7 +247,8 @@ class _WeightState:
         if self.kinds[space.name] != "invertible":
             return _Statistics(_product_sum(writes + reads, 0, 1)).double()
         return _Statistics(*(_product_sum(pairs, i, j, size=space.size).double().cpu() for pairs, i, j in
-                             ((writes, 0, 1), (reads, 0, 1), (writes, 1, 1), (reads, 0, 0), (reads, 1, 1))))
+                             ((writes, 0, 1), (reads, 0, 1), (writes, 1, 1), (reads, 0, 0), (reads, 1, 1))),
+                           sum(a.double().square().sum() for a, _ in writes).cpu())
 
     def _moved_cache(self, name: str) -> _Statistics | None:
         cached = self.cached[name]
@@ -350,10 +376,10 @@ def weight_matching(
     times sum_p ||A_p||^2 + ||B_p||^2, so J never decreases and the descent stops. The first sweep
     visits the spaces in spec order (a family lists its best-anchored space first); an ``anchored``
     space (the residual stream) is solved there from the tensors only it touches (embeddings,
-    head), as in the paper, and an invertible space from its writers alone (which the spaces before
-    it have aligned: this recovers a planted invertible map of a chain of linear layers exactly);
-    these first steps are kept whatever they do to J. Later sweeps go in a seeded random order. It stops
-    after ``max_iter``
+    head), as in the paper; these first steps are kept whatever they do to J, and so is an
+    invertible map that B's writers prove (they are A's under it, whatever the readers, which the
+    next space may not have aligned yet: this recovers a planted map of a chain of linear layers).
+    Later sweeps go in a seeded random order. It stops after ``max_iter``
     sweeps (default: the spec's ``rounds``, 5 for Transformers, as in the paper; else 100) or a
     sweep in which no step was kept. ``history`` holds J(aligned B) - J(B) after each sweep.
     ``classes`` is a preset of :data:`~lmc_lib.alignment.CLASS_PRESETS` ("paper": an orthogonal
@@ -386,13 +412,15 @@ def weight_matching(
             improved = False
             order = names if sweep == 0 else [names[i] for i in rng.permutation(len(names))]
             for stage in _stages(order, spec):
-                for name, stats, first_anchor, delta in _solved(stage, state, pool, workers, limit, first=sweep == 0):
+                solved = _solved(stage, state, pool, workers, limit, first=sweep == 0)
+                for name, stats, first_anchor, solution in solved:
+                    delta = solution.step
+                    if sweep == 0 and solution.undetermined is not None:
+                        unfit[name] = str(solution.undetermined)
                     if isinstance(delta, ValueError):  # no invertible fit the dtype carries: no step
-                        if sweep == 0:
-                            unfit[name] = str(delta)
                         continue
                     own = _objective(delta, stats) - _objective(identity(kinds[name], spec.spaces[name].size), stats)
-                    step_gain = state.try_step(name, delta, own, threshold, force=first_anchor)
+                    step_gain = state.try_step(name, delta, own, threshold, force=first_anchor or solution.proven)
                     if step_gain is not None:
                         improved, gain = True, gain + step_gain
             history.append(gain)
@@ -423,23 +451,21 @@ def _stages(order: Sequence[str], spec: SymmetrySpec) -> list[list[str]]:
 
 
 def _solved(stage: list[str], state: _WeightState, pool: ThreadPoolExecutor, workers: int, limit: float,
-            *, first: bool) -> Iterator[tuple[str, _Statistics, bool, Transform | ValueError]]:
+            *, first: bool) -> Iterator[tuple[str, _Statistics, bool, _Solution]]:
     """(name, statistics, solved from its anchors, best step) for each space of a stage, in order.
 
     The solvers (scipy's assignment releases the GIL) run in ``pool`` while the next spaces' score
     products are computed; at most ``workers`` are pending, so a few size x size scores are held."""
     pending: deque[tuple[str, _Statistics, bool, Future]] = deque()
 
-    def done() -> tuple[str, _Statistics, bool, Transform | ValueError]:
+    def done() -> tuple[str, _Statistics, bool, _Solution]:
         name, stats, first_anchor, solving = pending.popleft()
         return name, stats, first_anchor, solving.result()
 
     for name in stage:
         stats = state.statistics(name)
-        first_anchor = first and (state.anchored(name) or state.kinds[name] == "invertible")
-        target = stats
-        if first_anchor:
-            target = state.anchors(name) if state.anchored(name) else stats.writers_only()
+        first_anchor = first and state.anchored(name)
+        target = state.anchors(name) if first_anchor else stats
         pending.append((name, stats, first_anchor, pool.submit(_solve, state.kinds[name], target, limit)))
         if len(pending) > workers:
             yield done()
