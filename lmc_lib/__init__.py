@@ -18,6 +18,7 @@ from .transform import random_transform, transform, transform_state
 from .alignment import CLASS_PRESETS, Alignment
 from .matching import weight_matching
 from .activations import activation_matching
+from .learned import learned_matching
 from .barrier import BarrierCurve, barrier, barrier_strategy, interpolate
 from .circuits import circuit_pair
 from .data import TensorData, cifar10, digits, mnist, tiny_shakespeare
@@ -31,7 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Permutation", "SemiPermutation", "Orthogonal", "Invertible", "Transform",
     "spec_for", "canonicalize", "transform", "transform_state", "random_transform",
-    "Alignment", "CLASS_PRESETS", "weight_matching", "activation_matching",
+    "Alignment", "CLASS_PRESETS", "weight_matching", "activation_matching", "learned_matching",
     "BarrierCurve", "barrier", "barrier_strategy", "interpolate", "circuit_pair",
     "TensorData", "mnist", "cifar10", "digits", "tiny_shakespeare",
     "TrainConfig", "train", "evaluate", "MLP", "MLPConfig",

@@ -2,7 +2,7 @@
 
     lmc info MODEL
     lmc canonicalize MODEL OUT
-    lmc align A B OUT [--classes paper] [--method weight|activation] [--data DATA]
+    lmc align A B OUT [--classes paper] [--method weight|activation|learned] [--data DATA] [--steps N]
     lmc barrier A B --data DATA [--lambdas 11] [--json FILE] [--plot FILE]
 
 MODEL is a folder (one :func:`lmc_lib.save` wrote, a Hugging Face GPT-2 folder, a timm export),
@@ -174,15 +174,14 @@ def _progress(args: argparse.Namespace) -> bool:
 
 def _align(args: argparse.Namespace) -> int:
     from .activations import activation_matching
+    from .learned import learned_matching
     from .matching import weight_matching
 
-    if args.method == "learned":
-        raise CommandError("--method learned: learned matching is not available yet in lmc_lib; "
-                           "use weight or activation")
-    if args.method not in ("weight", "activation"):
-        raise CommandError(f"--method {args.method!r}: unknown; expected weight or activation")
-    if args.method == "activation" and args.data is None:
-        raise CommandError("--method activation needs --data (the activations are collected on it)")
+    if args.method not in ("weight", "activation", "learned"):
+        raise CommandError(f"--method {args.method!r}: unknown; expected weight, activation or learned")
+    if args.method in ("activation", "learned") and args.data is None:
+        what = "the activations are collected" if args.method == "activation" else "the transforms are trained"
+        raise CommandError(f"--method {args.method} needs --data ({what} on it)")
     classes = _classes(args.classes)
     device = _device(args.device)
     out = _out_folder(args.out, args.force)
@@ -197,8 +196,11 @@ def _align(args: argparse.Namespace) -> int:
     try:
         if args.method == "weight":
             alignment = weight_matching(a, b, classes=classes, seed=args.seed, progress=_progress(args))
-        else:
+        elif args.method == "activation":
             alignment = activation_matching(a, b, data, classes=classes, progress=_progress(args))
+        else:
+            alignment = learned_matching(a, b, data, classes=classes, steps=args.steps, seed=args.seed,
+                                         progress=_progress(args))
     except ValueError as error:
         raise CommandError(f"cannot align with --classes {args.classes!r}: {first_line(error)}") from None
     aligned = alignment.apply(b)
@@ -342,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("out", metavar="OUT")
     align.add_argument("--classes", default="paper", help="paper (default), permutations, invertible-heads, or class "
                        f"names separated by commas ({', '.join(CLASS_ORDER)})")
-    align.add_argument("--method", default="weight", help="weight (default, data-free) or activation (needs --data)")
+    align.add_argument("--method", default="weight",
+                       help="weight (default, data-free), activation or learned (both need --data; learned: the "
+                       "training split, --split train)")
+    align.add_argument("--steps", type=_positive, default=200, help="learned matching: Adam steps (default 200)")
     align.add_argument("--force", action="store_true", help="write into a non-empty OUT")
     _data_options(align, required=False)
     align.set_defaults(handler=_align)

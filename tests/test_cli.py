@@ -160,7 +160,7 @@ BAD_INPUTS = {  # case: (argv, with {folder} names filled in; the message)
     "two widths": ("barrier {gpt0} {gpt_wide} --data {tokens}", r"different architectures: .*embed_dim = 16 vs 24"),
     "unknown classes": ("align {gpt0} {gpt1} {out} --classes rotations", r"--classes 'rotations': unknown class set"),
     "classes nowhere": ("align {mlp0} {mlp1} {out} --classes orthogonal", r"cannot align .*orthogonal"),
-    "learned": ("align {gpt0} {gpt1} {out} --method learned", r"not available yet"),
+    "learned without data": ("align {gpt0} {gpt1} {out} --method learned", r"--method learned needs --data"),
     "activation without data": ("align {gpt0} {gpt1} {out} --method activation", r"needs --data"),
     "merge": ("merge {gpt0} {gpt1} {out}", r"universe matching\) is not available yet"),
     "images for a gpt": ("barrier {gpt0} {gpt1} --data {images}", r"data '.*images.safetensors' does not fit model A"),
@@ -223,3 +223,11 @@ def test_an_image_folder_is_read_with_the_vits_data_config(folders, capsys, tmp_
     curve = json.loads(out)
     assert code == 0, err
     assert curve["examples"] == 6 and len(curve["losses"]) == 3
+
+
+def test_learned_matching_from_the_command(folders, capsys, tmp_path):
+    code, out, err = run(capsys, "align", folders["gpt0"], folders["gpt1"], tmp_path, "--method", "learned",
+                         "--data", folders["tokens"], "--steps", "6", "--json")
+    assert code == 0, err
+    assert json.loads(out)["method"] == "learned" and json.loads(out)["max_output_change"] <= 1e-5
+    assert io.read_sidecar(tmp_path / "b")["passes"][-1]["method"] == "learned"

@@ -1,0 +1,252 @@
+"""Learned matching (the paper's section 2.3): B's transforms learned on the task loss along the linear path.
+
+Every matched space holds a latent matrix, projected onto its symmetry class on every forward pass:
+
+- a permutation: the assignment P maximising <P, L> of a latent L started at the identity, with a
+  straight-through estimator (the forward pass uses P, the backward pass treats P as L);
+- an orthogonal map: O = exp(S - S^T) of a latent S started at zero. The exponential of a skew
+  matrix is exactly orthogonal, and its gradient is smooth everywhere. The alternative, the polar
+  factor U V^T of an SVD, has a backward with 1 / (s_i^2 - s_j^2) terms that blow up when the
+  latent is the identity plus noise, where learning starts.
+
+Each step draws lambda from ``sampler`` (the paper: U(0.4, 0.6)), forms theta = (1 - lambda)
+theta_A + lambda pi(theta_B) through the differentiable transform core and takes an Adam step on the
+task loss of that model on a training batch. Transformers interpolate their heads in circuit space
+(:func:`~lmc_lib.circuits.mix_circuits`), as the paper does. B starts aligned by ``init`` (weight
+matching by default); the result is an ordinary :class:`~lmc_lib.alignment.Alignment` of exact
+symmetry elements, the learned ones composed with the initial ones.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from .alignment import Alignment, Classes, architecture, check_model, matched_pair, resolve_classes
+from .circuits import mix_circuits
+from .data import checked_batches, reusable
+from .evaluation import cross_entropy, logits_of, model_device
+from .family import family_of, spec_for
+from .matching import weight_matching
+from .solvers import solve_assignment
+from .spec import SymmetrySpec
+from .symmetry import Orthogonal, Transform
+from .transform import transform_tensors
+
+__all__ = ["learned_matching", "Sampler", "uniform", "clipped_normal", "fixed"]
+
+#: draws one interpolation weight lambda in [0, 1] from a generator
+Sampler = Callable[[torch.Generator], float]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def uniform(low: float = 0.4, high: float = 0.6) -> Sampler:
+    """lambda ~ U(low, high) (the paper: U(0.4, 0.6); U(0, 1) covers the whole path)."""
+    if not 0 <= low <= high <= 1:
+        raise ValueError(f"uniform: need 0 <= low <= high <= 1, got {low}, {high}")
+    return lambda generator: low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def clipped_normal(mean: float = 0.5, sd: float = 0.1) -> Sampler:
+    """lambda ~ N(mean, sd^2) clipped to [0, 1]."""
+    if not (0 <= mean <= 1 and sd >= 0):
+        raise ValueError(f"clipped_normal: need mean in [0, 1] and sd >= 0, got {mean}, {sd}")
+    return lambda generator: min(1.0, max(0.0, mean + sd * float(torch.randn((), generator=generator))))
+
+
+def fixed(value: float = 0.5) -> Sampler:
+    """lambda = value at every step."""
+    if not 0 <= value <= 1:
+        raise ValueError(f"fixed: lambda must lie in [0, 1], got {value}")
+    return lambda generator: value
+
+
+@dataclass
+class _Latent:
+    """One space's latent and how it projects onto its class; ``indices`` caches the last assignment."""
+
+    kind: str
+    tensor: Tensor
+    indices: Tensor | None = None
+
+    def project(self, reassign: bool) -> tuple[Tensor, Tensor]:
+        """(T, S) for transform_tensors: writers W -> T W, readers V -> V S^T (S = T for both classes)."""
+        if self.kind == "orthogonal":
+            rotation = torch.matrix_exp(self.tensor - self.tensor.T)
+            return rotation, rotation
+        if reassign or self.indices is None:
+            self.indices = solve_assignment(self.tensor.detach()).indices.to(self.tensor.device)
+        hard = torch.zeros_like(self.tensor)
+        hard[torch.arange(hard.shape[0], device=hard.device), self.indices] = 1.0
+        straight = hard + self.tensor - self.tensor.detach()  # forward: P; backward: as if P were L
+        return straight, straight
+
+    def element(self) -> Transform:
+        """The exact symmetry element the latent stands for now."""
+        if self.kind == "orthogonal":
+            skew = self.tensor.detach().double().cpu()
+            return Orthogonal(torch.matrix_exp(skew - skew.T))
+        return solve_assignment(self.tensor.detach())
+
+
+def _latents(spec: SymmetrySpec, kinds: dict[str, str], device: torch.device) -> dict[str, _Latent]:
+    latents = {}
+    for name, kind in kinds.items():
+        size = spec.spaces[name].size
+        start = torch.eye(size, device=device) if kind == "permutation" else torch.zeros(size, size, device=device)
+        latents[name] = _Latent(kind, start.requires_grad_(True))
+    return latents
+
+
+class _Path:
+    """The model (1 - lambda) theta_A + lambda pi(theta_B) as tensors, for functional_call on ``skeleton``.
+
+    Transformers whose family widens heads use circuit space: the skeleton is A with heads twice as
+    wide, and both endpoints are widened likewise (the spaces keep their names in the wide spec)."""
+
+    def __init__(self, a: nn.Module, b: nn.Module, circuits: bool) -> None:
+        family = family_of(a)
+        self.circuits = circuits
+        if circuits:
+            self.skeleton = family.widen_heads(a, 2)
+            wide_b = family.widen_heads(b, 2)
+        else:
+            self.skeleton, wide_b = copy.deepcopy(a), b
+        self.skeleton.eval().requires_grad_(False)
+        self.spec = spec_for(self.skeleton)
+        self.state_a = {k: v.detach() for k, v in self.skeleton.state_dict().items()}
+        self.state_b = {k: v.detach() for k, v in wide_b.state_dict().items()}
+
+    def tensors(self, maps: dict[str, tuple[Tensor, Tensor]], lam: float) -> dict[str, Tensor]:
+        moved = transform_tensors(self.state_b, self.spec, maps)
+        weights = torch.tensor([1 - lam, lam])
+        if self.circuits:
+            return mix_circuits([self.state_a, moved], weights, self.spec)
+        return {k: torch.lerp(v, moved[k], lam) if v.is_floating_point() else v for k, v in self.state_a.items()}
+
+    def loss(self, tensors: dict[str, Tensor], x: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
+        logits = logits_of(functional_call(self.skeleton, tensors, (x,)))
+        losses = loss_fn(logits, y)
+        return losses[y != -100].mean()
+
+
+def _cycled(data: Iterable[tuple[Tensor, Tensor]]):
+    """The checked batches of ``data``, read again from the start whenever it ends."""
+    while True:
+        yield from checked_batches(data)
+
+
+def _validation_loss(path: _Path, latents: dict[str, _Latent], data, loss_fn: LossFn, device) -> float:
+    """The mean loss of the hard-projected midpoint (lambda = 1/2) on ``data``."""
+    with torch.no_grad():
+        maps = {}
+        for name, latent in latents.items():
+            element = latent.element()
+            matrix = element.matrix.to(device, torch.float32)
+            maps[name] = (matrix, matrix)
+        tensors = path.tensors(maps, 0.5)
+        total, count = 0.0, 0
+        for x, y in data:
+            x, y = x.to(device), y.to(device)
+            losses = loss_fn(logits_of(functional_call(path.skeleton, tensors, (x,))), y)[y != -100]
+            total, count = total + float(losses.double().sum()), count + losses.numel()
+    return total / count
+
+
+def learned_matching(
+    a: nn.Module,
+    b: nn.Module,
+    data: Iterable[tuple[Tensor, Tensor]],
+    *,
+    init: Alignment | None = None,
+    classes: Classes = "paper",
+    steps: int = 200,
+    lr: float = 0.05,
+    sampler: Sampler | None = None,
+    validation: Iterable[tuple[Tensor, Tensor]] | None = None,
+    eval_every: int = 25,
+    patience: int | None = None,
+    project_every: int = 1,
+    circuits: bool | None = None,
+    loss_fn: LossFn = cross_entropy,
+    seed: int = 0,
+    progress: bool = False,
+) -> Alignment:
+    """Align B to A by learning its transforms on the loss along the path: min E_lambda L((1 - lambda) theta_A
+    + lambda pi(theta_B)) over pi in the classes' groups, by Adam on projected latents (module docstring).
+
+    ``data`` yields training batches, cycled for ``steps`` steps; ``sampler`` draws lambda (default
+    :func:`uniform` (0.4, 0.6)). ``init`` is the alignment B starts from (default: weight matching
+    with the same classes); the latents start at the identity on B aligned by it. ``classes``: the
+    learned ones, e.g. "paper" (an orthogonal residual and permutations; canonical models) or
+    "permutations" (the paper's ablation row). With ``validation`` the midpoint's validation loss is
+    measured every ``eval_every`` steps and the best latents are kept (stopping after ``patience``
+    measurements without improvement). ``project_every`` > 1 re-solves the assignments only every
+    that many steps (they dominate a step for wide spaces). ``circuits`` (default: whenever the
+    family can widen heads) interpolates heads in circuit space. ``history`` holds the mean training
+    loss of each ``eval_every`` steps. The returned transforms are exact: ``apply(b)`` computes what
+    ``b`` computes.
+    """
+    spec = matched_pair(a, b, caller="learned_matching")
+    for name, value, low in (("steps", steps, 1), ("eval_every", eval_every, 1), ("project_every", project_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"learned_matching: {name} must be an integer >= {low}, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"learned_matching: lr must be > 0, got {lr!r}")
+    kinds = resolve_classes(spec, classes, ("permutation", "orthogonal"), caller="learned_matching")
+    if init is None:
+        init = weight_matching(a, b, classes=classes)
+    if not isinstance(init, Alignment):
+        raise TypeError(f"learned_matching: init must be an Alignment, got {type(init).__name__}")
+    check_model(b, init.spec, init.architecture)
+    sampler = uniform() if sampler is None else sampler
+    data = reusable(data)
+    device = model_device(a, "learned_matching")
+    family = family_of(a)
+    circuits = family.widen_heads is not None if circuits is None else circuits
+    path = _Path(a, init.apply(b), circuits)
+    latents = _latents(path.spec, kinds, device)
+    optimizer = torch.optim.Adam([latent.tensor for latent in latents.values()], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    batches = _cycled(data)
+    history, window = [], []
+    best = (float("inf"), None)
+    waited = 0
+    for step in tqdm(range(steps), disable=not progress, desc="learned matching"):
+        lam = sampler(generator)
+        if not 0 <= lam <= 1:
+            raise ValueError(f"learned_matching: the sampler drew lambda = {lam!r}, outside [0, 1]")
+        x, y = next(batches)
+        maps = {name: latent.project(step % project_every == 0) for name, latent in latents.items()}
+        loss = path.loss(path.tensors(maps, lam), x.to(device), y.to(device), loss_fn)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"learned_matching: the loss is {float(loss)} at step {step}; lower lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window.append(float(loss.detach()))
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            history.append(sum(window) / len(window))
+            window = []
+            if validation is not None:
+                score = _validation_loss(path, latents, validation, loss_fn, device)
+                if score < best[0]:
+                    best, waited = (score, {n: latent.tensor.detach().clone() for n, latent in latents.items()}), 0
+                else:
+                    waited += 1
+                if patience is not None and waited >= patience:
+                    break
+    if best[1] is not None:
+        for name, tensor in best[1].items():
+            latents[name].tensor = tensor
+    transforms = dict(init.transforms)
+    for name, latent in latents.items():
+        learned = latent.element()
+        transforms[name] = learned.compose(transforms[name]) if name in transforms else learned
+    return Alignment(transforms, spec, tuple(history), architecture(b))
