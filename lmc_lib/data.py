@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "check_max_batches",
+    "token_counts", "check_max_batches",
     "TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader", "tiny_shakespeare", "TINY_SHAKESPEARE_URL",
     "check_batch", "checked_batches", "reusable",
 ]
@@ -105,6 +105,16 @@ def check_max_batches(max_batches: int | None, caller: str) -> None:
         isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
     ):
         raise ValueError(f"{caller}: max_batches must be None (every batch) or a positive integer, got {max_batches!r}")
+
+
+def token_counts(data: Iterable[Batch], vocab_size: int) -> Tensor:
+    """How often each token id in [0, vocab_size) occurs among the inputs of ``data`` (token batches)."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for x, _ in checked_batches(data):
+        if x.dtype.is_floating_point or (x.numel() and (x.min() < 0 or x.max() >= vocab_size)):
+            raise ValueError(f"token_counts: inputs must be token ids in [0, {vocab_size})")
+        counts += torch.bincount(x.flatten().cpu(), minlength=vocab_size)
+    return counts
 
 
 def reusable(data: Iterable[Batch]) -> Iterable[Batch]:

@@ -362,6 +362,7 @@ def weight_matching(
     seed: int = 0,
     score_dtype: torch.dtype = torch.float64,
     tolerance: float = 1e-12,
+    row_weights: Mapping[str, Tensor] | None = None,
     progress: bool = False,
 ) -> Alignment:
     """Align B to A from the weights alone: maximise one objective J by coordinate ascent over spaces.
@@ -387,7 +388,10 @@ def weight_matching(
     "permutations"), class names, or a mapping from space groups to them, e.g.
     ``{"residual": ("orthogonal",), "heads": ("permutation",)}``. Scores are computed in
     ``score_dtype`` on the models' device (float32 halves time and memory on large models); the
-    transforms are float64.
+    transforms are float64. ``row_weights`` weighs the rows of named tensors in J's distances,
+    -1/2 sum_r w_r ||A_r - B'_r||^2 (dimension 0, which no matched space may act on): the paper
+    code's data-aware refinement restricts the embedding and unembedding rows to the tokens seen
+    in training (weights from :func:`~lmc_lib.data.token_counts`).
     """
     spec = matched_pair(a, b, caller="weight_matching")
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
@@ -397,7 +401,11 @@ def weight_matching(
     if not tolerance >= 0:
         raise ValueError(f"weight_matching: tolerance must be >= 0, got {tolerance!r}")
     kinds = resolve_classes(spec, classes, ("permutation", "orthogonal", "invertible"), caller="weight_matching")
-    state = _WeightState(spec, kinds, a.state_dict(), b.state_dict(), score_dtype)
+    state_a, state_b = a.state_dict(), b.state_dict()
+    if row_weights is not None:
+        state_a = _weighted_rows(state_a, spec, kinds, row_weights)
+        state_b = _weighted_rows(state_b, spec, kinds, row_weights)
+    state = _WeightState(spec, kinds, state_a, state_b, score_dtype)
     limit = min(max_condition(t.dtype) for t in a.state_dict().values() if t.is_floating_point())
     max_iter = max_iter if max_iter is not None else spec.rounds or MAX_SWEEPS
     threshold = tolerance * max(1.0, state.scale)
@@ -432,6 +440,30 @@ def weight_matching(
                       f"({next(iter(unfit.values()))}); the descent may stop short of a planted map there",
                       stacklevel=2)
     return Alignment(state.transforms, spec, tuple(history), architecture(b))
+
+
+def _weighted_rows(state: Mapping[str, Tensor], spec: SymmetrySpec, kinds: Mapping[str, str],
+                   row_weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with the rows of each named tensor scaled by sqrt(w): its distance terms become
+    sum_r w_r ||A_r - B_r||^2. Exact for the matched spaces, which act on other dimensions only."""
+    if not isinstance(row_weights, Mapping):
+        raise TypeError(f"weight_matching: row_weights must map tensor names to weights, "
+                        f"got {type(row_weights).__name__}")
+    scaled = dict(state)
+    for name, weights in row_weights.items():
+        if name not in state:
+            raise KeyError(f"weight_matching: row_weights names {name!r}, which the model does not have")
+        tensor = state[name]
+        weights = torch.as_tensor(weights).detach().double()
+        if weights.shape != tensor.shape[:1] or not torch.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError(f"weight_matching: row_weights[{name!r}] must be {tensor.shape[0]} finite non-negative "
+                             f"weights (one per row), got shape {tuple(weights.shape)}")
+        acting = [space for space, axis, _ in spec.axes_of(name) if space in kinds and axis.dim % tensor.ndim == 0]
+        if acting:
+            raise ValueError(f"weight_matching: row_weights[{name!r}]: space {acting[0]!r} acts on its rows")
+        shape = (-1,) + (1,) * (tensor.ndim - 1)
+        scaled[name] = (tensor.double() * weights.sqrt().to(tensor.device).view(shape)).to(tensor.dtype)
+    return scaled
 
 
 def _stages(order: Sequence[str], spec: SymmetrySpec) -> list[list[str]]:

@@ -450,3 +450,45 @@ def test_activation_matching_refuses_invertible_maps_that_rank_deficient_data_ca
     a, b = planted_pair(config, ("invertible",), seed=0)
     with pytest.raises(ValueError, match=r"activation_matching, space 'fc1': invertible fit: .*condition number"):
         lmc.activation_matching(a, b, probe_data(config, n=256), classes=("invertible",))
+
+
+def test_row_weights_weigh_the_distance_of_rows_exactly():
+    """Zero weight on some embedding rows: the alignment is the one of models without those tokens."""
+    from test_models_gpt2 import VOCAB, gpt2
+
+    a, b = (gpt2(dict(n_embd=16, n_layer=1, n_head=2), seed) for seed in (0, 1))
+    seen = torch.zeros(VOCAB)
+    seen[: VOCAB // 2] = 1.0
+    weights = {"transformer.wte.weight": seen, "lm_head.weight": seen}
+    weighted = lmc.weight_matching(a, b, classes="paper", row_weights=weights)
+    # the same as matching models whose unseen rows are zero in both
+    def zeroed(model):
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        for name in weights:
+            state[name][VOCAB // 2:] = 0.0
+        return lmc.family.load_state(model, state)
+    reference = lmc.weight_matching(zeroed(a), zeroed(b), classes="paper")
+    torch.testing.assert_close(weighted.transforms["residual"].matrix, reference.transforms["residual"].matrix,
+                               rtol=1e-6, atol=1e-6)
+    assert weighted.history[-1] == pytest.approx(reference.history[-1], rel=1e-6)
+    unweighted = lmc.weight_matching(a, b, classes="paper")
+    assert not torch.allclose(unweighted.transforms["residual"].matrix, weighted.transforms["residual"].matrix)
+
+
+def test_row_weights_are_checked():
+    from test_models_gpt2 import VOCAB, gpt2
+
+    a, b = (gpt2(dict(n_embd=16, n_layer=1, n_head=2), seed) for seed in (0, 1))
+    with pytest.raises(KeyError, match="row_weights names 'wte'"):
+        lmc.weight_matching(a, b, classes="paper", row_weights={"wte": torch.ones(VOCAB)})
+    with pytest.raises(ValueError, match=r"row_weights\['lm_head.weight'\] must be 40 finite non-negative"):
+        lmc.weight_matching(a, b, classes="paper", row_weights={"lm_head.weight": -torch.ones(VOCAB)})
+    with pytest.raises(ValueError, match=r"space 'transformer.h.0.mlp' acts on its rows"):
+        lmc.weight_matching(a, b, classes="paper", row_weights={"transformer.h.0.mlp.c_proj.weight": torch.ones(64)})
+
+
+def test_token_counts_counts_the_inputs():
+    batches = [(torch.tensor([[0, 1, 1], [3, 3, 3]]), torch.zeros(2, 3, dtype=torch.long))]
+    assert lmc.data.token_counts(batches, 5).tolist() == [1, 2, 0, 3, 0]
+    with pytest.raises(ValueError, match=r"token ids in \[0, 3\)"):
+        lmc.data.token_counts(batches, 3)
