@@ -12,6 +12,7 @@ function that needs several passes.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 from collections.abc import Iterable, Iterator
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "token_counts", "check_max_batches",
+    "gpt2_tokenizer",    "token_counts", "check_max_batches",
     "TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader", "tiny_shakespeare", "TINY_SHAKESPEARE_URL",
     "check_batch", "checked_batches", "reusable",
 ]
@@ -216,6 +217,31 @@ def _tiny_shakespeare_text(root: Path, download: bool | None) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def gpt2_tokenizer(root: str | os.PathLike | None = None, *, download: bool | None = None):
+    """The GPT-2 BPE tokenizer: from ``<root>/gpt2_tokenizer`` (vocab.json, merges.txt) when it is there,
+    else from the hub (unless ``download=False``); FileNotFoundError saying where it was looked for."""
+    from transformers import GPT2TokenizerFast
+
+    folder = data_root(root) / "gpt2_tokenizer"
+    if (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+        return GPT2TokenizerFast.from_pretrained(str(folder))
+    if download is False:
+        raise FileNotFoundError(f"the GPT-2 tokenizer is not at {folder} (vocab.json, merges.txt; download=False)")
+    try:
+        return GPT2TokenizerFast.from_pretrained("gpt2")
+    except Exception as error:  # offline: say where the files were expected
+        raise FileNotFoundError(f"the GPT-2 tokenizer is not at {folder} and could not be downloaded "
+                                f"({type(error).__name__}); put vocab.json and merges.txt there") from error
+
+
+@functools.lru_cache(maxsize=2)
+def _bpe_ids(text: str, root: Path, download: bool | None) -> tuple[Tensor, list[str]]:
+    """The corpus's BPE ids and the vocabulary (tokenising takes seconds: kept for the other splits)."""
+    tokenizer = gpt2_tokenizer(root, download=download)
+    ids = tokenizer(text, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long), tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+
+
 def tiny_shakespeare(
     split: str = "train",
     *,
@@ -224,15 +250,21 @@ def tiny_shakespeare(
     download: bool | None = None,
     test_fraction: float = 0.05,
     val_fraction: float = 0.05,
+    tokens: str = "chars",
 ) -> tuple[TensorData, list[str]]:
-    """Character-level Tiny Shakespeare as (token_ids, next_token_ids) windows of ``block_size``.
+    """Tiny Shakespeare as (token_ids, next_token_ids) windows of ``block_size`` tokens.
 
-    Contiguous split as in the paper's code: the last ``test_fraction`` of the text is "test", the
-    ``val_fraction`` before it "val", the rest "train". Returns the data and the vocabulary
-    (sorted characters of the whole corpus, so every split shares one encoding).
+    ``tokens="chars"``: characters (the vocabulary is the sorted characters of the whole corpus, so
+    every split shares one encoding); ``tokens="bpe"``: the GPT-2 BPE tokens the paper uses (338,025
+    for the corpus; the vocabulary is GPT-2's 50,257 tokens, by id), with the tokenizer read from
+    ``<root>/gpt2_tokenizer`` (vocab.json, merges.txt) or, when that is missing and downloads are
+    allowed, from the hub. Contiguous split as in the paper's code: the last ``test_fraction`` of
+    the tokens is "test", the ``val_fraction`` before it "val", the rest "train".
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"tiny_shakespeare: split must be 'train', 'val' or 'test', got {split!r}")
+    if tokens not in ("chars", "bpe"):
+        raise ValueError(f"tiny_shakespeare: tokens must be 'chars' or 'bpe', got {tokens!r}")
     if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
         raise ValueError(f"tiny_shakespeare: block_size must be a positive int, got {block_size!r}")
     for name, fraction in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
@@ -242,18 +274,22 @@ def tiny_shakespeare(
         raise ValueError(f"tiny_shakespeare: test_fraction + val_fraction = {test_fraction + val_fraction} leaves "
                          "no training text; they must sum to less than 1")
     text = _tiny_shakespeare_text(data_root(root), download)
-    vocabulary = sorted(set(text))
-    index = {c: i for i, c in enumerate(vocabulary)}
-    ids = torch.tensor([index[c] for c in text], dtype=torch.long)
+    if tokens == "bpe":
+        ids, vocabulary = _bpe_ids(text, data_root(root), download)
+    else:
+        vocabulary = sorted(set(text))
+        index = {c: i for i, c in enumerate(vocabulary)}
+        ids = torch.tensor([index[c] for c in text], dtype=torch.long)
     n_test, n_val = int(len(ids) * test_fraction), int(len(ids) * val_fraction)
     train_end, val_end = len(ids) - n_test - n_val, len(ids) - n_test
     bounds = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, len(ids))}
     start, stop = bounds[split]
-    part = ids[start:stop]
+    part = ids[start:stop].clone()  # the BPE ids are cached: a caller may write into its windows
     windows = (len(part) - 1) // block_size
     if windows < 1:
-        raise ValueError(f"tiny_shakespeare: the {split} split ({len(part)} characters) is shorter than one block "
+        raise ValueError(f"tiny_shakespeare: the {split} split ({len(part)} tokens) is shorter than one block "
                          f"of {block_size}")
     inputs = part[: windows * block_size].view(windows, block_size)
     targets = part[1 : windows * block_size + 1].view(windows, block_size)
-    return TensorData(inputs, targets, f"tinyshakespeare-{split}-{block_size}"), vocabulary
+    name = f"tinyshakespeare-{split}-{block_size}" + ("-bpe" if tokens == "bpe" else "")
+    return TensorData(inputs, targets, name), vocabulary

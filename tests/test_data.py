@@ -116,6 +116,32 @@ def test_mnist_loader_gives_the_same_images(shared_root):
 # -- Tiny Shakespeare and digits -----------------------------------------------------------------
 
 
+def test_tiny_shakespeare_bpe_is_the_papers_tokens_split_contiguously(shared_root):
+    splits = {name: lmc.tiny_shakespeare(name, block_size=128, root=shared_root, download=False, tokens="bpe")
+              for name in ("train", "val", "test")}
+    vocabulary = splits["test"][1]
+    assert len(vocabulary) == 50257
+    tokenizer = lmc.data.gpt2_tokenizer(shared_root, download=False)
+    text = (shared_root / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    ids = tokenizer(text)["input_ids"]
+    assert len(ids) == 338025
+    test = splits["test"][0]
+    n_test = int(len(ids) * 0.05)
+    assert test.inputs[0].tolist() == ids[len(ids) - n_test:][:128]
+    assert torch.equal(test.inputs[:, 1:], test.targets[:, :-1]) and test.name.endswith("-bpe")
+    val = splits["val"][0]
+    assert val.inputs[0].tolist() == ids[len(ids) - 2 * n_test:][:128]
+    test.inputs.zero_()  # the cached ids are not the caller's to change
+    assert lmc.tiny_shakespeare("test", block_size=128, root=shared_root, download=False, tokens="bpe")[0].inputs.any()
+
+
+def test_the_gpt2_tokenizer_offline_names_its_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"gpt2_tokenizer \(vocab.json, merges.txt; download=False\)"):
+        lmc.data.gpt2_tokenizer(tmp_path, download=False)
+    with pytest.raises(ValueError, match="tokens must be 'chars' or 'bpe'"):
+        lmc.tiny_shakespeare("test", root=tmp_path, tokens="words")
+
+
 def test_tiny_shakespeare_windows_predict_the_next_character(shared_root):
     test, vocabulary = lmc.tiny_shakespeare("test", block_size=64, root=shared_root, download=False)
     assert len(vocabulary) == 65 and test.inputs.shape[1] == 64 and test.inputs.shape == test.targets.shape
