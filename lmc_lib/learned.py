@@ -136,6 +136,19 @@ class _Path:
         return losses[y != -100].mean()
 
 
+def train_step(path: _Path, latents: dict[str, _Latent], optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+               lam: float, *, reassign: bool, loss_fn: LossFn) -> float:
+    """One Adam step of the latents on the loss of the path's model at ``lam`` on one batch; the loss."""
+    maps = {name: latent.project(reassign) for name, latent in latents.items()}
+    loss = path.loss(path.tensors(maps, lam), x, y, loss_fn)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"learned_matching: the loss is {float(loss.detach())}; lower lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def _cycled(data: Iterable[tuple[Tensor, Tensor]]):
     """The checked batches of ``data``, read again from the start whenever it ends."""
     while True:
@@ -223,14 +236,8 @@ def learned_matching(
         if not 0 <= lam <= 1:
             raise ValueError(f"learned_matching: the sampler drew lambda = {lam!r}, outside [0, 1]")
         x, y = next(batches)
-        maps = {name: latent.project(step % project_every == 0) for name, latent in latents.items()}
-        loss = path.loss(path.tensors(maps, lam), x.to(device), y.to(device), loss_fn)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"learned_matching: the loss is {float(loss)} at step {step}; lower lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        window.append(float(loss.detach()))
+        window.append(train_step(path, latents, optimizer, x.to(device), y.to(device), lam,
+                                 reassign=step % project_every == 0, loss_fn=loss_fn))
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             history.append(sum(window) / len(window))
             window = []
