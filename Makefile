@@ -38,7 +38,7 @@ export LMC_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: help install sync check-sync unit-tests notebooks-ci nbval book-ci book-check test book clean
+.PHONY: help install sync check-sync lint unit-tests notebooks-ci nbval book-ci book-check test book clean
 
 help:
 	@echo "make test   unit tests, chapters at scale=ci, nbval, book build with warnings as errors, book checks"
@@ -90,9 +90,13 @@ _build/%/src/book/speed.ipynb: book/speed.md $(wildcard benchmarks/results/*.jso
 # stay out: their executed .ipynb stand in their place).
 _build/%/src/_toc.yml: $(BOOK_FILES)
 	@mkdir -p $(@D)/book
-	cp book/*.md book/*.bib $(@D)/book/
+	cp -r book/. $(@D)/book/
 	rm -f $(PAGES:%=$(@D)/book/%.md)
 	cp _config.yml _toc.yml $(@D)/
+
+# ruff (settings in pyproject.toml: pycodestyle and pyflakes, 120 columns) over the library, tests and scripts.
+lint: | $(STAMP)
+	$(VENV)/bin/ruff check lmc_lib tests benchmarks .ci
 
 unit-tests: | $(STAMP)
 	$(PYTHON) -m pytest tests
@@ -115,7 +119,7 @@ book-ci: notebooks-ci $(PAGES:%=_build/ci/src/book/%.ipynb) _build/ci/src/_toc.y
 book-check: book-ci
 	$(PYTHON) .ci/check_book.py _build/ci/_build/html --sources $(SOURCES)
 
-test: check-sync unit-tests notebooks-ci nbval book-ci book-check
+test: check-sync lint unit-tests notebooks-ci nbval book-ci book-check
 
 book: $(CHAPTERS:%=_build/book/src/notebooks/%.ipynb) $(PAGES:%=_build/book/src/book/%.ipynb) _build/book/src/_toc.yml
 	jupyter-book build _build/book/src --path-output . --all

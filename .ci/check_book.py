@@ -120,7 +120,8 @@ def check_source(text: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("html", type=Path, help="the built HTML folder")
-    parser.add_argument("--sources", type=Path, nargs="*", default=[], help="source files to check for control characters")
+    parser.add_argument("--sources", type=Path, nargs="*", default=[],
+                        help="source files to check for control characters")
     args = parser.parse_args()
     pages = sorted(page for page in args.html.rglob("*.html") if "_static" not in page.parts)
     if not pages:

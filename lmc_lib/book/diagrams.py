@@ -100,7 +100,8 @@ def transformer_symmetries() -> Figure:
         _arrow(ax, (1.0, y + 1.3), (0.72, y + 1.3))
         ax.text(1.15, y + 1.5, "add", fontsize=9, ha="left", va="bottom")
     labels = (
-        (6.9, "residual stream: orthogonal $O$ after the canonical form,\nonly a permutation $P$ with LayerNorm", COLORS[0], (0.7, 6.9)),
+        (6.9, "residual stream: orthogonal $O$ after the canonical form,\nonly a permutation $P$ with LayerNorm",
+         COLORS[0], (0.7, 6.9)),
         (4.6, "MLP units: permutation $P$\n(semi-permutation $\\tilde P$ for ReLU)", COLORS[3], (8.55, 4.6)),
         (2.3, "across heads: permutation $P$\n(semi-permutation $\\tilde P$ to split a head)", COLORS[1], (8.55, 1.4)),
         (0.55, "inside head $i$: invertible $G_{QK}$, $G_{OV}$\n(or interpolate the circuits)", COLORS[2], (8.55, 1.0)),

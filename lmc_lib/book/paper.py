@@ -31,11 +31,16 @@ TABLE2_METHODS = (
 TABLE2_SETTINGS = ("ViT CIFAR-10", "ViT CIFAR-100", "ViT Tiny ImageNet", "GPT-2 Tiny Shakespeare", "GPT-2 BookCorpus")
 
 _VALUES = {  # (mean, standard error) per method, in the order of TABLE2_SETTINGS
-    "vanilla averaging": ((1.69, 0.07), (2.46, 0.04), (2.84, 0.02), (2.02, 0.12), (4.34, 0.09)),
-    "activation matching": ((1.27, 0.13), (2.11, 0.17), (1.86, 0.10), (1.43, 0.16), (4.05, 0.13)),
-    "weight matching (orthogonal + permutations)": ((0.36, 0.01), (0.69, 0.21), (0.47, 0.04), (0.34, 0.01), (1.56, 0.02)),
-    "learned matching, permutations only": ((0.45, 0.02), (0.53, 0.07), (0.29, 0.02), (0.63, 0.17), (1.60, 0.04)),
-    "learned matching (orthogonal + permutations)": ((0.00, 0.00), (0.00, 0.00), (0.00, 0.00), (0.02, 0.00), (0.42, 0.01)),
+    "vanilla averaging":
+        ((1.69, 0.07), (2.46, 0.04), (2.84, 0.02), (2.02, 0.12), (4.34, 0.09)),
+    "activation matching":
+        ((1.27, 0.13), (2.11, 0.17), (1.86, 0.10), (1.43, 0.16), (4.05, 0.13)),
+    "weight matching (orthogonal + permutations)":
+        ((0.36, 0.01), (0.69, 0.21), (0.47, 0.04), (0.34, 0.01), (1.56, 0.02)),
+    "learned matching, permutations only":
+        ((0.45, 0.02), (0.53, 0.07), (0.29, 0.02), (0.63, 0.17), (1.60, 0.04)),
+    "learned matching (orthogonal + permutations)":
+        ((0.00, 0.00), (0.00, 0.00), (0.00, 0.00), (0.02, 0.00), (0.42, 0.01)),
 }
 #: TABLE2[setting][method] = (mean, standard error) of the test-loss barrier.
 TABLE2: dict[str, dict[str, tuple[float, float]]] = {
@@ -49,8 +54,9 @@ PAPER_SETTINGS = {
                     "cosine), crop + flip + colour jitter; 83.8% test accuracy",
     "ViT CIFAR-100": "the CIFAR-10 ViT and training on CIFAR-100",
     "ViT Tiny ImageNet": "the CIFAR-10 ViT and training on Tiny ImageNet",
-    "GPT-2 Tiny Shakespeare": "6 blocks, width 256, 4 heads, MLP 1024, context 256, GPT-2 BPE tokens, AdamW (3e-4, weight "
-                              "decay 0.01, cosine with warm-up), dropout 0.1, early stopping; losses per token",
+    "GPT-2 Tiny Shakespeare": "6 blocks, width 256, 4 heads, MLP 1024, context 256, GPT-2 BPE tokens, AdamW "
+                              "(3e-4, weight decay 0.01, cosine with warm-up), dropout 0.1, early stopping; "
+                              "losses per token",
     "GPT-2 BookCorpus": "the Tiny Shakespeare GPT-2 and training on BookCorpus",
 }
 
@@ -121,7 +127,8 @@ def compare_cell(setting: str, ours: Mapping[str, Mapping[str, float]] | None, *
 def describe_training(training: Mapping, *, learning_rate: bool = True) -> str:
     """A :class:`~lmc_lib.training.TrainConfig` (as a results file stores it) in words; without its
     learning rate when ``learning_rate`` is False (a sweep over learning rates says them elsewhere)."""
-    optimizer = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD with momentum"}.get(training["optimizer"], training["optimizer"])
+    names = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD with momentum"}
+    optimizer = names.get(training["optimizer"], training["optimizer"])
     epochs = training["epochs"]
     parts = ([f"lr {training['lr']:g}"] if learning_rate else []) + [f"batch {training['batch_size']}"]
     if training.get("weight_decay"):

@@ -124,7 +124,9 @@ class Recipe:
 def _tiny_shakespeare(split: str, model: GPTConfig, root: str | os.PathLike | None) -> TensorData:
     data, vocabulary = tiny_shakespeare(split, block_size=model.block_size, root=root)
     if len(vocabulary) != model.vocab_size:
-        raise ValueError(f"GPTConfig.vocab_size is {model.vocab_size} but Tiny Shakespeare has {len(vocabulary)} characters")
+        raise ValueError(
+            f"GPTConfig.vocab_size is {model.vocab_size} but Tiny Shakespeare has {len(vocabulary)} characters"
+        )
     return data
 
 
@@ -167,24 +169,50 @@ RECIPES: dict[str, dict[str, Recipe]] = {
         "paper": Recipe(replace(_PAPER_VIT, image_size=28, in_channels=1), _PAPER_VIT_TRAINING, "mnist"),
     },
     "vit-cifar10": {
-        "ci": Recipe(ViTConfig(image_size=32, in_channels=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=64),
-                     _VIT_CI, "cifar10", n_train=8000, n_test=2000),
-        "book": Recipe(ViTConfig(image_size=32, in_channels=3, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_dim=128),
-                       _VIT_BOOK, "cifar10", n_test=2000),
+        "ci": Recipe(
+            ViTConfig(image_size=32, in_channels=3, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_dim=64),
+            _VIT_CI,
+            "cifar10",
+            n_train=8000,
+            n_test=2000,
+        ),
+        "book": Recipe(
+            ViTConfig(image_size=32, in_channels=3, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_dim=128),
+            _VIT_BOOK,
+            "cifar10",
+            n_test=2000,
+        ),
         "paper": Recipe(_PAPER_VIT, _PAPER_VIT_TRAINING, "cifar10"),
     },
     "gpt2-shakespeare": {
-        "ci": Recipe(GPTConfig(block_size=64, n_embd=32, n_layer=2, n_head=4, n_inner=128, dropout=0.0),
-                     TrainConfig(epochs=1, batch_size=32, lr=1e-2, optimizer="adamw", weight_decay=0.01, warmup_steps=20),
-                     "tiny_shakespeare", n_train=9600, n_test=200, n_statistics=200, eval_batch_size=100),
-        "book": Recipe(GPTConfig(block_size=64, n_embd=64, n_layer=3, n_head=4, n_inner=256, dropout=0.0),
-                       TrainConfig(epochs=1, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=0.01, warmup_steps=20),
-                       "tiny_shakespeare", n_train=19200, n_test=400, n_statistics=200, eval_batch_size=100),
+        "ci": Recipe(
+            GPTConfig(block_size=64, n_embd=32, n_layer=2, n_head=4, n_inner=128, dropout=0.0),
+            TrainConfig(epochs=1, batch_size=32, lr=1e-2, optimizer="adamw", weight_decay=0.01, warmup_steps=20),
+            "tiny_shakespeare",
+            n_train=9600,
+            n_test=200,
+            n_statistics=200,
+            eval_batch_size=100,
+        ),
+        "book": Recipe(
+            GPTConfig(block_size=64, n_embd=64, n_layer=3, n_head=4, n_inner=256, dropout=0.0),
+            TrainConfig(epochs=1, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=0.01, warmup_steps=20),
+            "tiny_shakespeare",
+            n_train=19200,
+            n_test=400,
+            n_statistics=200,
+            eval_batch_size=100,
+        ),
         #: the paper's GPT-2 (App. B) at character level: 6 blocks, width 256, 4 heads, 1024 MLP units, context 256
-        "paper": Recipe(GPTConfig(block_size=256, n_embd=256, n_layer=6, n_head=4, n_inner=1024, dropout=0.1),
-                        TrainConfig(epochs=10, batch_size=32, lr=3e-4, optimizer="adamw", weight_decay=0.01,
-                                    warmup_steps=60),  # 5% of 10 epochs of 123 steps
-                        "tiny_shakespeare", n_statistics=500, eval_batch_size=50),
+        "paper": Recipe(
+            GPTConfig(block_size=256, n_embd=256, n_layer=6, n_head=4, n_inner=1024, dropout=0.1),
+            TrainConfig(
+                epochs=10, batch_size=32, lr=3e-4, optimizer="adamw", weight_decay=0.01, warmup_steps=60
+            ),  # 5% of 10 epochs of 123 steps
+            "tiny_shakespeare",
+            n_statistics=500,
+            eval_batch_size=50,
+        ),
     },
 }
 

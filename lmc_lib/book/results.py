@@ -96,7 +96,8 @@ def _jsonable(value):
 
 
 def validate(document: Mapping) -> Mapping:
-    """``document`` itself if it holds every key of :data:`REQUIRED_KEYS`; otherwise a ValueError naming the missing ones."""
+    """``document`` itself if it holds every key of :data:`REQUIRED_KEYS`; otherwise a ValueError naming
+    the missing ones."""
     missing = [key for key in REQUIRED_KEYS if key not in document]
     if missing:
         raise ValueError(f"results file lacks {missing}; expected the keys {list(REQUIRED_KEYS)}")
