@@ -78,7 +78,8 @@ def measure(name: str, repeats: int, steps: int) -> dict:
     counter = iter(range(10**9))
 
     def learned(every: int) -> None:
-        train_step(path, latents, optimizer, x, y, 0.5, reassign=next(counter) % every == 0, loss_fn=cross_entropy)
+        train_step(path, {"b": latents}, optimizer, x, y, 0.5, reassign=next(counter) % every == 0,
+                   loss_fn=cross_entropy)
 
     ratios = {1: [], 10: []}
     plain_times = []

@@ -5,7 +5,9 @@ import torch
 
 import lmc_lib as lmc
 from contract import max_relative_error, outputs
-from lmc_lib.learned import _Latent, _latents, _Path, clipped_normal, fixed, learned_matching, uniform
+from lmc_lib.learned import (
+    _Latent, _latents, _Path, clipped_normal, fixed, learned_matching, learned_matching_two_sided, uniform,
+)
 from strategies import build_mlp
 from test_models_gpt2 import gpt2, tokens
 
@@ -127,3 +129,31 @@ def test_an_orthogonal_residual_needs_canonical_models():
     a, b = (gpt2(dict(n_embd=16, n_layer=1, n_head=2), seed, canonical=False) for seed in (0, 1))
     with pytest.raises(ValueError, match="call lmc.canonicalize"):
         learned_matching(a, b, token_data(), classes="paper")
+
+
+def test_two_sided_learning_moves_both_endpoints_exactly():
+    a, b = gpt2(dict(n_embd=16, n_layer=1, n_head=2), 0), gpt2(dict(n_embd=16, n_layer=1, n_head=2), 1)
+    for_a, for_b = learned_matching_two_sided(a, b, token_data(), classes="paper", steps=20, lr=0.2)
+    x = token_data(1)[0][0]
+    assert max_relative_error(outputs(a, x), outputs(for_a.apply(a), x)) <= 1e-5
+    assert max_relative_error(outputs(b, x), outputs(for_b.apply(b), x)) <= 1e-5
+    rotation = for_a.transforms["residual"].matrix
+    assert not torch.allclose(rotation, torch.eye(16, dtype=torch.float64), atol=1e-4)  # A moved too
+
+
+def test_soft_permutations_are_a_soft_endpoint_never_an_alignment():
+    from lmc_lib.soft import SoftEndpoint, soft_matching
+
+    a, b = build_mlp(CONFIG, 0), build_mlp(CONFIG, 1)
+    soft = soft_matching(a, b, mlp_data(), steps=20, lr=0.1, temperature=0.5)
+    assert isinstance(soft, SoftEndpoint) and not isinstance(soft, lmc.Alignment)
+    for matrix in soft.matrices.values():  # doubly stochastic, and not a permutation at this temperature
+        torch.testing.assert_close(matrix.sum(0), torch.ones(matrix.shape[0]), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(matrix.sum(1), torch.ones(matrix.shape[0]), rtol=1e-2, atol=1e-2)  # Sinkhorn
+        assert (matrix > 1e-3).sum() > matrix.shape[0]
+    x = mlp_data()[0][0]
+    assert max_relative_error(outputs(b, x), outputs(soft.model, x)) > 1e-3  # not B's function
+    curve = lmc.barrier(a, soft.model, mlp_data(), progress=False)  # measured against its own endpoint
+    assert curve.losses[-1] == pytest.approx(lmc.evaluate(soft.model, mlp_data())[0], rel=1e-6)
+    with pytest.raises(TypeError, match="not a symmetry element"):
+        _Latent("soft", torch.eye(3)).element()
