@@ -60,15 +60,15 @@ PAPER_SETTINGS = {
     "GPT-2 BookCorpus": "the Tiny Shakespeare GPT-2 and training on BookCorpus",
 }
 
-#: Our path that computes each method of Table 2 (None: the library has no such method yet). The
-#: paper's weight matching interpolates the heads in circuit space; its activation matching
-#: baseline (Verma and Elbayad, 2024) permutes the residual stream, heads and MLP units.
+#: Our path that computes each method of Table 2 (chapters 7 and 8; learned matching: chapter 9, on
+#: the same pairs). The paper's weight matching interpolates the heads in circuit space; its
+#: activation matching baseline (Verma and Elbayad, 2024) permutes the residual stream, heads and MLP units.
 OUR_PATHS = {
     "vanilla averaging": "vanilla averaging",
     "activation matching": "activation matching, permutations",
     "weight matching (orthogonal + permutations)": "weight matching, orthogonal + circuit interpolation",
-    "learned matching, permutations only": None,
-    "learned matching (orthogonal + permutations)": None,
+    "learned matching, permutations only": "learned, permutations only",
+    "learned matching (orthogonal + permutations)": "learned (O + perms)",
 }
 
 #: The setting of the OT paper's Fig. 2 (its released notebook).
