@@ -111,7 +111,7 @@ def test_trained_pair_trains_two_seeds_then_loads_them_from_the_cache(name, shar
 
 def test_a_vocabulary_that_does_not_fit_is_refused(shared_root):
     recipe = replace(tiny("gpt2-shakespeare"), model=replace(lmc.book.GPTConfig(), vocab_size=50))
-    with pytest.raises(ValueError, match="vocab_size is 50 but Tiny Shakespeare has 65 characters"):
+    with pytest.raises(ValueError, match=r"vocab_size is 50 but Tiny Shakespeare has 65 tokens \(chars\)"):
         recipe.data("test", root=shared_root)
 
 

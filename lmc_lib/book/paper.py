@@ -92,7 +92,8 @@ OT_FIG2_DIMENSIONS = {"naive": (190.0, 300.0), "covariance": (1.5, 9.0), "activa
 
 
 #: How the pages name the datasets of the recipes.
-DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "tiny_shakespeare": "Tiny Shakespeare"}
+DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "tiny_shakespeare": "Tiny Shakespeare",
+                 "tiny_shakespeare_bpe": "Tiny Shakespeare (GPT-2 BPE tokens)"}
 
 
 def mean_se(value: tuple[float, float]) -> str:

@@ -96,7 +96,8 @@ class GPTConfig:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A model, its training and its data: ``dataset`` in {"mnist", "cifar10", "tiny_shakespeare"}.
+    """A model, its training and its data: ``dataset`` in {"mnist", "cifar10", "tiny_shakespeare" (characters),
+    "tiny_shakespeare_bpe" (GPT-2 BPE tokens)}.
 
     ``n_train`` / ``n_test`` cut the splits to their first examples (None: all of it); activation
     statistics use the first ``n_statistics`` training examples; evaluation batches hold ``eval_batch_size``.
@@ -121,11 +122,13 @@ class Recipe:
         return data if size is None else data.subset(size)
 
 
-def _tiny_shakespeare(split: str, model: GPTConfig, root: str | os.PathLike | None) -> TensorData:
-    data, vocabulary = tiny_shakespeare(split, block_size=model.block_size, root=root)
+def _tiny_shakespeare(
+    split: str, model: GPTConfig, root: str | os.PathLike | None, tokens: str = "chars"
+) -> TensorData:
+    data, vocabulary = tiny_shakespeare(split, block_size=model.block_size, root=root, tokens=tokens)
     if len(vocabulary) != model.vocab_size:
         raise ValueError(
-            f"GPTConfig.vocab_size is {model.vocab_size} but Tiny Shakespeare has {len(vocabulary)} characters"
+            f"GPTConfig.vocab_size is {model.vocab_size} but Tiny Shakespeare has {len(vocabulary)} tokens ({tokens})"
         )
     return data
 
@@ -134,6 +137,7 @@ _LOADERS = {
     "mnist": lambda split, _, root: mnist(train=split == "train", root=root),
     "cifar10": lambda split, _, root: cifar10(train=split == "train", root=root),
     "tiny_shakespeare": _tiny_shakespeare,
+    "tiny_shakespeare_bpe": lambda split, model, root: _tiny_shakespeare(split, model, root, tokens="bpe"),
 }
 
 
@@ -212,6 +216,35 @@ RECIPES: dict[str, dict[str, Recipe]] = {
             "tiny_shakespeare",
             n_statistics=500,
             eval_batch_size=50,
+        ),
+    },
+    #: GPT-2 on Tiny Shakespeare's GPT-2 BPE tokens (the paper's tokens; the vocabulary is GPT-2's 50,257)
+    "gpt2-shakespeare-bpe": {
+        "ci": Recipe(
+            GPTConfig(vocab_size=50257, block_size=64, n_embd=32, n_layer=2, n_head=4, n_inner=128, dropout=0.0),
+            TrainConfig(epochs=1, batch_size=32, lr=1e-2, optimizer="adamw", weight_decay=0.01, warmup_steps=20),
+            "tiny_shakespeare_bpe",
+            n_train=1600,
+            n_test=100,
+            n_statistics=100,
+            eval_batch_size=50,
+        ),
+        "book": Recipe(
+            GPTConfig(vocab_size=50257, block_size=64, n_embd=64, n_layer=2, n_head=4, n_inner=256, dropout=0.0),
+            TrainConfig(epochs=1, batch_size=32, lr=3e-3, optimizer="adamw", weight_decay=0.01, warmup_steps=20),
+            "tiny_shakespeare_bpe",
+            n_train=4000,
+            n_test=200,
+            n_statistics=200,
+            eval_batch_size=50,
+        ),
+        #: the paper's setting (App. B), with a fixed number of epochs in place of early stopping
+        "paper": Recipe(
+            GPTConfig(vocab_size=50257, block_size=256, n_embd=256, n_layer=6, n_head=4, n_inner=1024, dropout=0.1),
+            TrainConfig(epochs=20, batch_size=32, lr=3e-4, optimizer="adamw", weight_decay=0.01, warmup_steps=37),
+            "tiny_shakespeare_bpe",
+            n_statistics=200,
+            eval_batch_size=16,
         ),
     },
 }
