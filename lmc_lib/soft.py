@@ -52,8 +52,9 @@ def soft_matching(
 
     Sinkhorn runs ``iterations`` normalisations of exp(L / ``temperature``) (columns end exactly
     stochastic, rows nearly; a lower temperature is closer to a permutation); the latents start at
-    the identity on B aligned by ``init`` (default: weight matching). Heads are interpolated as weights (soft head matrices do not keep circuits apart).
-    Options of the schedule as :func:`~lmc_lib.learned.learned_matching`.
+    the identity on B aligned by ``init`` (default: weight matching). Heads are interpolated as
+    weights (soft head matrices do not keep circuits apart). Options of the schedule as
+    :func:`~lmc_lib.learned.learned_matching`.
     """
     if not temperature > 0 or isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"soft_matching: need temperature > 0 and iterations >= 1, "
