@@ -19,13 +19,16 @@ from .alignment import CLASS_PRESETS, Alignment
 from .matching import weight_matching
 from .activations import activation_matching
 from .learned import learned_matching
+from .universe import learned_universe, universe_matching
+from .lift import lift
 from .barrier import BarrierCurve, barrier, barrier_strategy, interpolate
+from .simplex import SimplexSurface, simplex_barrier
 from .circuits import circuit_pair
 from .data import TensorData, cifar10, digits, mnist, tiny_shakespeare
 from .training import TrainConfig, evaluate, train
 from .models import MLP, MLPConfig
 from .io import load, save
-from . import book, canonical, circuits, data, family, meanfield, ot, solvers, spec
+from . import book, canonical, circuits, data, family, meanfield, ot, simplex, solvers, spec, universe
 
 __version__ = "0.1.0"
 
@@ -33,9 +36,12 @@ __all__ = [
     "Permutation", "SemiPermutation", "Orthogonal", "Invertible", "Transform",
     "spec_for", "canonicalize", "transform", "transform_state", "random_transform",
     "Alignment", "CLASS_PRESETS", "weight_matching", "activation_matching", "learned_matching",
+    "universe_matching", "learned_universe", "lift",
     "BarrierCurve", "barrier", "barrier_strategy", "interpolate", "circuit_pair",
+    "SimplexSurface", "simplex_barrier",
     "TensorData", "mnist", "cifar10", "digits", "tiny_shakespeare",
     "TrainConfig", "train", "evaluate", "MLP", "MLPConfig",
     "save", "load",
-    "models", "book", "canonical", "circuits", "data", "family", "meanfield", "ot", "solvers", "spec",
+    "models", "book", "canonical", "circuits", "data", "family", "meanfield", "ot", "simplex", "solvers", "spec",
+    "universe",
 ]
