@@ -4,6 +4,7 @@
     lmc canonicalize MODEL OUT
     lmc align A B OUT [--classes paper] [--method weight|activation|learned] [--data DATA] [--steps N]
     lmc barrier A B --data DATA [--lambdas 11] [--json FILE] [--plot FILE]
+    lmc merge MODEL MODEL [MODEL...] OUT [--classes paper] [--method weight|activation] [--data DATA]
 
 MODEL is a folder (one :func:`lmc_lib.save` wrote, a Hugging Face GPT-2 folder, a timm export),
 ``timm:NAME:WEIGHTS`` (a named timm ViT, built without a network, with the weights of a local
@@ -285,8 +286,53 @@ def _barrier(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    raise CommandError("merging several models (universe matching) is not available yet in lmc_lib; "
-                       "align pairs with lmc align")
+    """Universe matching of every MODEL, then their average: the merged model, written to OUT."""
+    from .evaluation import mix
+    from .training import evaluate
+    from .universe import universe_matching
+
+    if len(args.models) < 3:
+        raise CommandError("lmc merge needs at least two models and OUT: lmc merge MODEL MODEL [MODEL...] OUT")
+    *specs, out_path = args.models
+    if args.method not in ("weight", "activation"):
+        raise CommandError(f"--method {args.method!r}: merging takes weight or activation")
+    if args.method == "activation" and args.data is None:
+        raise CommandError("--method activation needs --data (the activations are collected on it)")
+    classes = _classes(args.classes)
+    device = _device(args.device)
+    out = _out_folder(out_path, args.force)
+    opened = [open_model(spec, f"#{index + 1}") for index, spec in enumerate(specs)]
+    models = [model for model, _ in opened]
+    canonical = _needs_canonical(classes) or any(_is_canonical(m) for m in models)
+    if canonical and all(family_of(m).name in _CANONICAL_FAMILIES for m in models):
+        models = [m if _is_canonical(m) else canonicalize(m) for m in models]
+    for index, model in enumerate(models[1:], start=2):
+        try:
+            check_pair(models[0], model)
+        except ValueError as error:
+            raise CommandError(f"models #1 and #{index} have different architectures: {first_line(error)}") from None
+    models = [m.to(device) for m in models]
+    data = read_data(args, models[0]) if args.data is not None else None
+    if data is not None:
+        check_fits(models[0], data, args.data, "#1", device)
+    try:
+        statistics = data if args.method == "activation" else None  # weight matching reads no data
+        alignments = universe_matching(models, classes=classes, method=args.method, data=statistics,
+                                       progress=_progress(args))
+    except ValueError as error:
+        raise CommandError(f"cannot merge with --classes {args.classes!r}: {first_line(error)}") from None
+    merged = mix([al.apply(m) for al, m in zip(alignments, models)], [1 / len(models)] * len(models))
+    passes = [{"name": "merge", "method": f"universe {args.method} matching", "classes": args.classes,
+               "models": list(specs)}]
+    io.save(merged, out, passes=passes, seed=args.seed, sources={"models": ", ".join(specs)}, overwrite=args.force)
+    payload = {"out": str(out), "models": list(specs), "method": args.method, "classes": args.classes}
+    text = f"merged {len(models)} models by universe {args.method} matching (classes {args.classes}) into {out}"
+    if data is not None:
+        losses = [evaluate(m, data)[0] for m in (*models, merged)]
+        payload["losses"] = {"models": losses[:-1], "merged": losses[-1]}
+        text += f"\ntest loss: models {', '.join(f'{x:.3f}' for x in losses[:-1])}; merged {losses[-1]:.3f}"
+    _emit(args, payload, text)
+    return 0
 
 
 # --- the parser ---------------------------------------------------------------------------------
@@ -360,8 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(barrier, required=True)
     barrier.set_defaults(handler=_barrier)
 
-    merge = commands.add_parser("merge", parents=[common], help="(not available yet) merge several models")
-    merge.add_argument("models", nargs="*", metavar="MODEL")
+    merge = commands.add_parser("merge", parents=[common], help="align several models to a common universe and "
+                                "average them")
+    merge.add_argument("models", nargs="*", metavar="MODEL", help="two or more models, then OUT")
+    merge.add_argument("--classes", default="paper", help="as for align")
+    merge.add_argument("--method", default="weight", help="weight (default) or activation (needs --data)")
+    merge.add_argument("--force", action="store_true", help="write into a non-empty OUT")
+    _data_options(merge, required=False)
     merge.set_defaults(handler=_merge)
     return parser
 

@@ -162,7 +162,7 @@ BAD_INPUTS = {  # case: (argv, with {folder} names filled in; the message)
     "classes nowhere": ("align {mlp0} {mlp1} {out} --classes orthogonal", r"cannot align .*orthogonal"),
     "learned without data": ("align {gpt0} {gpt1} {out} --method learned", r"--method learned needs --data"),
     "activation without data": ("align {gpt0} {gpt1} {out} --method activation", r"needs --data"),
-    "merge": ("merge {gpt0} {gpt1} {out}", r"universe matching\) is not available yet"),
+    "merge one model": ("merge {gpt0} {out}", r"needs at least two models and OUT"),
     "images for a gpt": ("barrier {gpt0} {gpt1} --data {images}", r"data '.*images.safetensors' does not fit model A"),
     "tokens for a vit": ("barrier {vit0} {vit1} --data {tokens}", r"does not fit model A: the ViT reads images"),
     "digits for a vit": ("barrier {vit0} {vit1} --data digits", r"data 'digits' does not fit"),
@@ -231,3 +231,14 @@ def test_learned_matching_from_the_command(folders, capsys, tmp_path):
     assert code == 0, err
     assert json.loads(out)["method"] == "learned" and json.loads(out)["max_output_change"] <= 1e-5
     assert io.read_sidecar(tmp_path / "b")["passes"][-1]["method"] == "learned"
+
+
+def test_merge_aligns_several_models_to_a_universe_and_averages_them(folders, capsys, tmp_path):
+    code, out, err = run(capsys, "merge", folders["mlp0"], folders["mlp1"], folders["mlp0"], tmp_path / "merged",
+                         "--classes", "permutations", "--data", "digits", "--limit", "100", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert len(report["losses"]["models"]) == 3
+    merged = lmc.load(tmp_path / "merged")
+    assert io.read_sidecar(tmp_path / "merged")["passes"][-1]["name"] == "merge"
+    assert merged.state_dict().keys() == lmc.load(folders["mlp0"]).state_dict().keys()
