@@ -211,8 +211,8 @@ class _WeightState:
             for n in kinds
         }
         #: the size of J's terms, for a relative tolerance: sum_p ||A_p||^2 + ||B_p||^2
-        self.scale = sum(float(state_a[p].double().square().sum() + state_b[p].double().square().sum())
-                         for p in readers)
+        self.scale = sum(float(state_a[p].detach().norm()) ** 2 + float(state_b[p].detach().norm()) ** 2
+                         for p in readers)  # a scale for the tolerance: no float64 copies of large tensors
         raw = {p: (self._scored(state_a[p]), self._scored(state_b[p])) for p in cached}
         self.cached = {n: self._sums(spec.spaces[n], lambda axis: axis.param in raw, raw.__getitem__) for n in kinds}
 
