@@ -28,7 +28,7 @@ from .data import TensorData, cifar10, digits, mnist, tiny_shakespeare
 from .training import TrainConfig, evaluate, train
 from .models import MLP, MLPConfig
 from .io import load, save
-from . import book, canonical, circuits, data, family, meanfield, ot, simplex, solvers, spec, universe
+from . import book, canonical, circuits, data, distributed, family, meanfield, ot, simplex, solvers, spec, universe
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,6 @@ __all__ = [
     "TensorData", "mnist", "cifar10", "digits", "tiny_shakespeare",
     "TrainConfig", "train", "evaluate", "MLP", "MLPConfig",
     "save", "load",
-    "models", "book", "canonical", "circuits", "data", "family", "meanfield", "ot", "simplex", "solvers", "spec",
-    "universe",
+    "models", "book", "canonical", "circuits", "data", "distributed", "family", "meanfield", "ot", "simplex",
+    "solvers", "spec", "universe",
 ]

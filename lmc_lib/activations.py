@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .alignment import Alignment, Classes, architecture, matched_pair, resolve_classes
 from .data import check_max_batches, checked_batches, reusable
 from .evaluation import evaluating
@@ -148,20 +149,38 @@ def _record(
         )
 
 
+def _sum_over_ranks(moments: dict[str, dict[tuple[str, int], _Moments]], group) -> None:
+    """Replace every rank's moments by their sums over ``group`` (one float64 all-reduce). Every rank saw
+    a batch, so the moments were created alike, in the same order, on every rank."""
+    parts = [part for per_space in moments.values() for part in per_space.values()]
+    fields = [(part, name) for part in parts for name in ("sum_a", "sum_b", "sq_a", "sq_b", "ab", "aa", "bb")
+              if getattr(part, name) is not None]
+    counts = torch.tensor([float(part.count) for part in parts], dtype=torch.float64)
+    *sums, counts = distributed.all_reduce_sum([getattr(part, name) for part, name in fields] + [counts], group)
+    for (part, name), total in zip(fields, sums):
+        setattr(part, name, total)
+    for part, count in zip(parts, counts.tolist()):
+        part.count = int(count)
+
+
 def _match_activations(a: nn.Module, b: nn.Module, data, spec: SymmetrySpec, kinds: Mapping[str, str],
-                       max_batches: int | None, progress: bool) -> dict[str, Transform]:
-    """One pass over ``data``: the moments of every probe of the spaces in ``kinds``, then one solve each."""
+                       max_batches: int | None, progress: bool, group=None) -> dict[str, Transform]:
+    """One pass over ``data``: the moments of every probe of the spaces in ``kinds`` (summed over the
+    ranks of ``group``), then one solve each."""
     modules = {(p.module, p.inputs) for n in kinds for p in spec.spaces[n].probes}
     moments: dict[str, dict[tuple[str, int], _Moments]] = {n: {} for n in kinds}
     device = next(a.parameters()).device
     with _capturing({"a": a, "b": b}, modules) as captured, evaluating(a, b), torch.no_grad():
-        batches = tqdm(checked_batches(data, targets=False), disable=not progress, desc="activation statistics")
+        batches = tqdm(checked_batches(data, targets=False), disable=not progress or not distributed.is_main(group),
+                       desc="activation statistics")
         for index, (x, _) in enumerate(batches):
             if max_batches is not None and index >= max_batches:
                 break
             a(x.to(device)), b(x.to(device))
             for name, kind in kinds.items():
                 _record(moments[name], spec.spaces[name], kind, captured)
+    if group is not None:
+        _sum_over_ranks(moments, group)
     if any(not per_space for per_space in moments.values()):
         raise ValueError("activation_matching: data yielded no batches")
     limit = min(max_condition(t.dtype) for t in b.state_dict().values() if t.is_floating_point())
@@ -188,6 +207,7 @@ def activation_matching(
     classes: Classes = ("permutation",),
     max_batches: int | None = None,
     progress: bool = False,
+    group=None,
 ) -> Alignment:
     """Align B to A by matching each space's activations on ``data`` (streaming moments).
 
@@ -199,8 +219,16 @@ def activation_matching(
     :func:`~lmc_lib.solvers.fit_invertible` on centred activations (x_a ~ T x_b for
     writer probes, T^T y_a ~ y_b for reader probes: queries and keys). Spaces inside another (a
     head's QK and OV inside the heads) take a second pass, on B aligned by the first.
+
+    ``group`` (a ``torch.distributed`` process group): each rank passes its own shard of ``data``
+    (``max_batches`` counts per rank); the moments are summed over the ranks in float64, and every
+    rank gets the alignment of the whole data (:mod:`lmc_lib.distributed`).
     """
     check_max_batches(max_batches, "activation_matching")
+    group = distributed.check_group(group, "activation_matching")
+    if group is not None:  # a rank without a batch would leave the others waiting in the all-reduce
+        data = reusable(data)
+        distributed.check_every_rank_has_data(next(iter(data), None) is not None, group, "activation_matching")
     spec = matched_pair(a, b, caller="activation_matching")
     probed = [name for name, space in spec.spaces.items() if space.probes]
     kinds = resolve_classes(spec, classes, ("permutation", "orthogonal", "invertible"), caller="activation_matching",
@@ -211,5 +239,5 @@ def activation_matching(
     transforms: dict[str, Transform] = {}
     for stage in stages or [{}]:
         aligned = transform(b, transforms, spec=spec) if transforms else b
-        transforms |= _match_activations(a, aligned, data, spec, stage, max_batches, progress)
+        transforms |= _match_activations(a, aligned, data, spec, stage, max_batches, progress, group)
     return Alignment(transforms, spec, (), architecture(b))

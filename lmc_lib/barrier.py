@@ -3,8 +3,9 @@
 B_l = L(theta_l) - ((1 - l) L(theta_A) + l L(theta_B)); the loss barrier is max_l B_l.
 
 The curve is the two-endpoint case of :func:`lmc_lib.evaluation.evaluate_mixtures`, with weights
-(1 - l, l): its strategies ("vmap": every lambda of a chunk in one pass over the data; "loop": one
-interpolated model per lambda; "auto": :func:`barrier_strategy`) and its checks are those.
+(1 - l, l): its strategies ("loop": the interpolated models of a chunk take turns on each batch,
+one pass over the data per chunk; "vmap": they run stacked; "auto": :func:`barrier_strategy`), its
+checks and its ``group=`` for several processes are those.
 """
 
 from __future__ import annotations
@@ -130,22 +131,29 @@ def barrier(
     device: torch.device | str | None = None,
     strategy: str = "auto",
     progress: bool = True,
+    group: object | None = None,
+    shard: str = "data",
 ) -> BarrierCurve:
     """Loss and accuracy of theta_l = (1 - l) theta_A + l theta_B for every lambda, and the barrier.
 
     ``lambdas`` is a count of evenly spaced points (an integer, also a numpy or 0-d tensor one) or
     the points in [0, 1]; 0 and 1 are always added. ``data`` yields (inputs, targets) batches;
     ``loss_fn(logits, targets)`` returns one loss per target (default: cross-entropy over all
-    examples or tokens). With ``strategy="vmap"`` lambdas are evaluated in chunks whose stacked
-    parameters and activations fit ``memory_budget`` bytes, one pass over ``data`` per chunk;
-    ``strategy="loop"`` builds one interpolated model per lambda; ``"auto"`` takes
-    :func:`barrier_strategy` (the faster of the two where measured, and "loop" for a model that
-    the stacked path may not run). All give the same curve up to float rounding. Errors name the
+    examples or tokens). The lambdas are evaluated in chunks that fit ``memory_budget`` bytes, one
+    pass over ``data`` per chunk: with ``strategy="loop"`` the chunk's interpolated models take
+    turns on each batch; with ``"vmap"`` they run stacked; ``"auto"`` takes :func:`barrier_strategy`
+    (the faster of the two for the device and the batch size, and "loop" for a model that the
+    stacked path may not run). All give the same curve up to float rounding. Errors name the
     models "A" and "B".
+
+    With ``group`` (a ``torch.distributed`` process group) each rank passes its own shard of the
+    data and gets the curve of the whole data (sums all-reduced in float64); ``shard="points"``
+    instead splits the lambdas across ranks, each passing all the data. See
+    :func:`lmc_lib.evaluation.evaluate_mixtures`.
     """
     grid = _lambda_grid(lambdas)
     result = evaluate_mixtures(
         [a, b], np.stack([1 - grid, grid], axis=1), data, loss_fn=loss_fn, memory_budget=memory_budget,
-        device=device, strategy=strategy, progress=progress, labels=("A", "B"),
+        device=device, strategy=strategy, progress=progress, labels=("A", "B"), group=group, shard=shard,
     )
     return BarrierCurve(grid, result.losses, result.accuracies)

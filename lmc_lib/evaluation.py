@@ -5,26 +5,34 @@ points of the simplex spanned by the endpoints: point p is the model whose float
 theta_p = sum_k W[p, k] theta_k (other tensors are the first model's). The barrier along a line is
 the case K = 2, W[p] = (1 - l_p, l_p).
 
-Evaluating P points one model at a time costs P passes over the data. With ``strategy="vmap"`` all
-points of a chunk share one pass: the parameters are stacked along a new leading axis and the model
-is run with ``torch.func.functional_call`` under ``vmap``. When the family exposes an affine *stem*
-(the first Linear of an MLP), its output is linear in the weights, so it is computed once per
-endpoint and blended: stem_p(x) = sum_k W[p, k] stem_k(x).
+Evaluating P points one model at a time costs P passes over the data. Here the points are taken
+in chunks sized to a memory budget, and every batch is read once per chunk: the chunk's points
+run on it one after another (``strategy="loop"``) or stacked along a new leading axis under
+``vmap`` (``strategy="vmap"``); see :mod:`lmc_lib.points`. When the family exposes an affine
+*stem* (the first Linear of an MLP), its output is linear in the weights, so it is computed once
+per endpoint and blended: stem_p(x) = sum_k W[p, k] stem_k(x). Loss sums, correct predictions and
+target counts are accumulated on the device in float64, with no host synchronisation per point or
+per batch.
 
-Stacking saves per-call overhead and the stem's arithmetic, nothing else: a model whose forward is
-bound by large matrix products (a Transformer on the CPU) runs faster one point at a time.
-``strategy="auto"`` picks by :func:`barrier_strategy`, as measured in ``benchmarks/barrier_strategies.py``.
-Only a model that a family fully describes (its spec accounts for every module and tensor) and that
-carries no hooks or parametrizations is stacked: vmap runs its forward on batched tensors, which an
-arbitrary forward, a hook or a parametrization may not handle as one model at a time would.
+``strategy="auto"`` picks by :func:`barrier_strategy`, as measured in ``benchmarks/barrier_strategies.py``:
+stacking pays the per-call overhead once per chunk, which is what a GPU and small batches cost,
+but runs every elementwise pass over P times larger activations, which is what a CPU on large
+batches pays for. Only a model that a family fully describes (its spec accounts for every module
+and tensor) and that carries no hooks or parametrizations is stacked or has its stem shared: vmap
+runs its forward on batched tensors, which an arbitrary forward, a hook or a parametrization may
+not handle as one model at a time would. Any other model runs point by point, as it is.
+
+With ``group=`` (a ``torch.distributed`` process group) each rank passes its own shard of the
+data and the float64 sums are all-reduced, so that every rank gets the result of one process on
+the whole data; with ``shard="points"`` every rank passes all the data and evaluates its own block
+of the points instead (for models too large to hold many points per rank). See
+:mod:`lmc_lib.distributed`.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import numbers
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,15 +40,16 @@ from math import inf
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from . import distributed
 from .alignment import check_finite, check_pair
-from .data import checked_batches, reusable
-from .family import family_of, load_state, spec_for
+from .data import check_batch, checked_batches, reusable
+from .family import load_state, spec_for
+from .points import Endpoints, Footprint, LoopRunner, VmapRunner, footprint, logits_of
+from .scoring import LossFn, batch_totals, check_targets, cross_entropy, point_totals
 
 __all__ = [
     "MixtureEvaluation", "evaluate_mixtures", "mix", "mixture_weights", "barrier_strategy", "cross_entropy",
@@ -50,25 +59,13 @@ __all__ = [
 STRATEGIES = ("auto", "vmap", "loop")
 #: how far a row of mixture weights may sum from 1 (float32 weights such as 1/3 are accepted)
 WEIGHT_TOLERANCE = 1e-6
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Per-target cross-entropy: logits (..., C), targets (...) -> losses (...); -100 marks ignored targets."""
-    return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none").view(targets.shape)
-
-
-def logits_of(output: object) -> Tensor:
-    """The logits in a model's output: the output itself, its ``.logits``, or the first element of a tuple."""
-    if isinstance(output, Tensor):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-        return output[0]
-    raise TypeError(f"the model returned a {type(output).__name__}; expected a Tensor of logits, an object with "
-                    ".logits, or a tuple whose first element is the logits")
+#: on a CPU, "auto" stacks the points when one forward pass does fewer multiply-adds per module
+#: call than this (small batches: the per-call overhead dominates); benchmarks/barrier_strategies.py
+STACKED_WORK_PER_CALL = 3_000_000
+#: on a CPU the loop cuts batches into slices whose largest activation stays under this many bytes
+SLICE_BYTES = 2**25
+#: the logits of successive points are scored together up to this many bytes
+SCORED_TOGETHER = 2**24
 
 
 @contextmanager
@@ -172,142 +169,97 @@ def _stacking_refusal(models: Sequence[nn.Module], labels: Sequence[str]) -> str
     return None
 
 
-def _strategy(requested: str, models: Sequence[nn.Module], labels: Sequence[str], device: torch.device) -> str:
-    """The strategy to run: ``requested``, or for "auto" the rule of :func:`barrier_strategy`; ValueError
-    for "vmap" on models the stacked path may not run, saying why."""
-    if requested not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {requested!r}")
-    refusal = _stacking_refusal(models, labels)
-    if requested == "vmap" and refusal is not None:
-        raise ValueError(f"strategy='vmap' cannot evaluate these models: {refusal}; use strategy='loop' or 'auto'")
-    if requested != "auto":
-        return requested
-    if refusal is not None:
+def _auto(device: torch.device, cost: Footprint | None) -> str:
+    """The rule of :func:`barrier_strategy` for a model the stacked path may run; ``cost``: one point's
+    forward pass on a batch (None: batches large enough that their arithmetic dominates)."""
+    if device.type != "cpu":
+        return "vmap"
+    if cost is None:
         return "loop"
-    return "vmap" if device.type != "cpu" or family_of(models[0]).split_stem is not None else "loop"
+    return "vmap" if cost.multiply_adds < STACKED_WORK_PER_CALL * max(cost.calls, 1) else "loop"
 
 
-def barrier_strategy(model: nn.Module, device: torch.device | str) -> str:
-    """The strategy "auto" takes: "loop" for a model that the stacked path may not run (see the module
-    docstring); else "vmap" on a GPU, and on the CPU for a family with an affine stem (whose arithmetic
-    stacking saves); "loop" otherwise: there stacked matrix products and elementwise passes over P times
-    larger activations cost more than the per-call overhead they save."""
-    return _strategy("auto", [model], ["0"], torch.device(device))
+def _probe(model: nn.Module, inputs: Tensor) -> Footprint:
+    """One point's :class:`Footprint` on one example of ``inputs`` (the families' models treat examples
+    independently, so a batch costs as many times that)."""
+    with evaluating(model), torch.no_grad():
+        return footprint(model, inputs[:1])
 
 
-def _leaf_output_bytes(model: nn.Module, x: Tensor) -> int:
-    """Bytes of every leaf module's output on one batch: an upper bound on one model's activations."""
-    total = 0
-
-    def hook(_module, _inputs, output):
-        nonlocal total
-        for out in output if isinstance(output, tuple) else (output,):
-            if isinstance(out, Tensor):
-                total += out.numel() * out.element_size()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+def _slice_rows(strategy: str, device: torch.device, cost: Footprint | None) -> int | None:
+    """Examples per slice of a batch for the loop on a CPU: as many as keep the largest activation under
+    :data:`SLICE_BYTES` (None: whole batches). Examples are independent in a family's models, so a
+    batch may be cut; the slices' activations stay in the caches and their memory is reused instead
+    of being mapped afresh (the logits of a 50,257-token vocabulary are 13 MB per 64-token window)."""
+    if strategy != "loop" or device.type != "cpu" or cost is None:
+        return None
+    return max(1, SLICE_BYTES // max(cost.largest_output_bytes, 1))
 
 
-def _blend(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
-    """(P, *shape): t_0 + sum_{k >= 1} W[p, k] (t_k - t_0), which is sum_k W[p, k] t_k for convex rows;
-    written around t_0 so that K = 2 is the lerp t_0 + l (t_1 - t_0)."""
-    base = tensors[0]
-    mixed = base.unsqueeze(0).expand(weights.shape[0], *base.shape)
-    for k, tensor in enumerate(tensors[1:], start=1):
-        weight = weights[:, k].to(base.dtype).view(-1, *([1] * base.ndim))
-        mixed = mixed + weight * (tensor - base).unsqueeze(0)
-    return mixed
+def barrier_strategy(model: nn.Module, device: torch.device | str, inputs: Tensor | None = None) -> str:
+    """The strategy "auto" takes for ``model`` on ``device`` with batches like ``inputs``.
 
-
-class _StackedEvaluator:
-    """Runs a chunk of points on one batch: parameters stacked along a leading point axis."""
-
-    def __init__(self, models: Sequence[nn.Module], device: torch.device) -> None:
-        self.model = copy.deepcopy(models[0]).eval().requires_grad_(False).to(device)
-        split = family_of(self.model).split_stem
-        self.stem, self.rest = split(self.model) if split else (None, self.model)
-        states = [{k: v.to(device) for k, v in model.state_dict().items()} for model in models]
-        rest_names = self.rest.state_dict().keys()
-        self.floating = [k for k in rest_names if states[0][k].is_floating_point()]
-        self.fixed = {k: states[0][k] for k in rest_names if not states[0][k].is_floating_point()}
-        stem_names = self.stem.state_dict().keys() if self.stem is not None else ()
-        self.stem_states = [{k: state[k] for k in stem_names} for state in states]
-        self.states = states
-
-    def bytes_per_point(self, x: Tensor) -> int:
-        """Memory one more point costs on batch ``x``: its stacked floating tensors and its activations."""
-        params = sum(self.states[0][k].numel() * self.states[0][k].element_size() for k in self.floating)
-        return params + _leaf_output_bytes(self.model, x)
-
-    def runner(self, weights: Tensor) -> Callable[[Tensor], Tensor]:
-        """inputs -> logits (P, *batch, C) of the P points whose weights are the rows of ``weights``."""
-        stacked = {k: _blend([state[k] for state in self.states], weights) for k in self.floating}
-
-        def run(params, inputs):
-            # tie_weights=False: tied names (a GPT-2's wte and lm_head) each get their own mixed tensor,
-            # as interpolating the state dict gives them
-            return logits_of(functional_call(self.rest, {**params, **self.fixed}, (inputs,), tie_weights=False))
-
-        def logits(x: Tensor) -> Tensor:
-            with warnings.catch_warnings():
-                # CPU flash attention has no vmap batching rule; the fallback is correct, only slower
-                warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
-                if self.stem is None:
-                    return vmap(run, in_dims=(0, None))(stacked, x)
-                stems = [functional_call(self.stem, state, (x,), tie_weights=False) for state in self.stem_states]
-                return vmap(run, in_dims=(0, 0))(stacked, _blend(stems, weights))
-
-        return logits
-
-
-def point_totals(logits: Tensor, targets: Tensor, loss_fn: LossFn, *, batch: int) -> Tensor:
-    """(P, 3) float64: each point's loss sum, correct predictions and counted targets on one batch.
-
-    ``logits`` are (P, *targets.shape, C); targets of -100 are ignored. ValueError when the targets
-    do not have the logits' shape without the class axis, integer targets are not class indices in
-    [0, C), or ``loss_fn`` does not return one loss per target.
+    "loop" for a model that the stacked path may not run (see the module docstring). Otherwise
+    "vmap" on a GPU, whose cost is mostly kernel launches, which stacking divides by the number of
+    points. On the CPU "vmap" when one forward pass on ``inputs`` does fewer than
+    :data:`STACKED_WORK_PER_CALL` multiply-adds per module call (small batches, e.g. one text
+    window: the per-call overhead dominates), else "loop": there a point's activations stay in the
+    caches while its layers run, and stacked elementwise passes over P times larger activations
+    cost more than the overhead they save. Without ``inputs``, batches are taken to be large.
     """
-    if targets.shape != logits.shape[1:-1]:
-        raise ValueError(f"data: batch {batch}: targets have shape {tuple(targets.shape)}, but the model's logits "
-                         f"{tuple(logits.shape[1:])} need targets of shape {tuple(logits.shape[1:-1])}")
-    valid = targets != -100
-    classes = logits.shape[-1]
-    if not targets.is_floating_point():
-        outside = valid & ((targets < 0) | (targets >= classes))
-        if outside.any():
-            raise ValueError(f"data: batch {batch}: target {int(targets[outside][0])} is not a class index in "
-                             f"[0, {classes}) (the model has {classes} outputs) nor -100 (ignored)")
-    count = valid.double().sum()
-    rows = []
-    for point in logits:
-        losses = loss_fn(point, targets)
-        if losses.shape != targets.shape:
-            raise ValueError(f"loss_fn must return one loss per target, shape {tuple(targets.shape)}; "
-                             f"got {tuple(losses.shape)}")
-        correct = (point.argmax(-1) == targets)[valid]
-        rows.append(torch.stack([losses[valid].double().sum(), correct.double().sum(), count]))
-    return torch.stack(rows)
+    device = torch.device(device)
+    if _stacking_refusal([model], ["0"]) is not None:
+        return "loop"
+    if inputs is None:
+        return _auto(device, None)
+    return _auto(device, _probe(model, inputs.to(model_device(model, "barrier_strategy"))).times(inputs.shape[0]))
 
 
-def _one_model(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    """inputs -> logits (1, *batch, C) of ``model``: the runner of one point."""
-    return lambda x: logits_of(model(x)).unsqueeze(0)
+def _first_inputs(data: Iterable) -> Tensor | None:
+    """The inputs of the first batch of ``data`` (checked), or None when it holds no batch."""
+    if not isinstance(data, Iterable):
+        next(checked_batches(data))  # the TypeError naming what data is
+    batch = next(iter(data), None)
+    return None if batch is None else check_batch(batch, 0)[0]
 
 
-def _pass(run: Callable[[Tensor], Tensor], data: Iterable, device: torch.device, loss_fn: LossFn,
-          bar: tqdm) -> np.ndarray:
-    """One pass over ``data``: the (P, 3) totals of the points that ``run`` evaluates."""
+def _stacked(logits: list[Tensor]) -> Tensor:
+    """The points' logits in one (P, ...) tensor, without copying a single one."""
+    return logits[0] if len(logits) == 1 else torch.cat(logits)
+
+
+def _pass(run: Callable[[Tensor], Iterator[Tensor]], data: Iterable, device: torch.device, loss_fn: LossFn,
+          bar: tqdm, rows: int | None, *, check: bool) -> Tensor:
+    """One pass over ``data``: the (P, 3) totals of the points that ``run`` evaluates, each batch in
+    slices of ``rows`` examples (None: whole). Targets are checked when ``check`` (once per
+    evaluation is enough). Small logits of successive points are scored together, up to
+    :data:`SCORED_TOGETHER` bytes, so that the loss costs a few calls per batch."""
     totals = 0.0
     for index, (x, y) in enumerate(checked_batches(data)):
-        totals = totals + point_totals(run(x.to(device)), y.to(device), loss_fn, batch=index).cpu().numpy()
+        cut = rows or max(len(x), 1)
+        for inputs, labels in zip(x.split(cut), y.split(cut)):
+            targets = labels.to(device)
+            scored, pending, size = [], [], 0
+            for logits in run(inputs.to(device)):
+                if check and not scored and not pending:
+                    check_targets(logits, labels, batch=index)
+                pending.append(logits)
+                size += logits.numel() * logits.element_size()
+                if size >= SCORED_TOGETHER:
+                    scored.append(batch_totals(_stacked(pending), targets, loss_fn))
+                    pending, size = [], 0
+            if pending:
+                scored.append(batch_totals(_stacked(pending), targets, loss_fn))
+            totals = totals + torch.cat(scored)
         bar.update()
     return totals
+
+
+def _chunk_size(endpoints: Endpoints, stacked: bool, cost: Footprint | None, rows: int, budget: float) -> int:
+    """Points per chunk: their mixed tensors (and, stacked, their activations on ``rows`` examples) fit
+    ``budget`` bytes."""
+    per_point = endpoints.parameter_bytes() + (cost.activation_bytes * rows if stacked else 0)
+    return int(max(1, budget // max(per_point, 1)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -317,6 +269,30 @@ class MixtureEvaluation:
     weights: np.ndarray
     losses: np.ndarray
     accuracies: np.ndarray
+
+
+def _check_options(memory_budget: object, strategy: object, shard: object) -> None:
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Real) or not 0 < memory_budget < inf:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if shard not in distributed.SHARDS:
+        raise ValueError(f"shard must be one of {distributed.SHARDS}, got {shard!r}")
+
+
+def _resolve(strategy: str, refusal: str | None, device: torch.device, inputs: Tensor, model: nn.Module,
+             group: object | None) -> tuple[str, Footprint | None]:
+    """The strategy to run and, where the stacked path may run, one point's footprint on one example;
+    the same strategy on every rank of ``group`` ("vmap" only where every rank would stack)."""
+    if strategy == "vmap" and refusal is not None:
+        raise ValueError(f"strategy='vmap' cannot evaluate these models: {refusal}; use strategy='loop' or 'auto'")
+    if refusal is not None:
+        return "loop", None
+    cost = _probe(model, inputs)
+    if strategy == "auto":
+        strategy = _auto(device, cost.times(inputs.shape[0]))
+    stacked = distributed.agree_min(int(strategy == "vmap"), group)
+    return ("vmap" if stacked else "loop"), cost
 
 
 def evaluate_mixtures(
@@ -330,45 +306,56 @@ def evaluate_mixtures(
     strategy: str = "auto",
     progress: bool = True,
     labels: Sequence[str] | None = None,
+    group: object | None = None,
+    shard: str = "data",
 ) -> MixtureEvaluation:
     """Mean loss and accuracy of theta_p = sum_k W[p, k] theta_k at every row p of ``weights`` (P x K).
 
     ``data`` yields (inputs, targets) batches; ``loss_fn(logits, targets)`` returns one loss per target
-    (default: cross-entropy over all examples or tokens; targets of -100 are ignored). With
-    ``strategy="vmap"`` the points are evaluated in chunks whose stacked parameters and activations
-    fit ``memory_budget`` bytes, one pass over ``data`` per chunk; ``strategy="loop"`` builds one mixed
-    model per point (:func:`mix`); ``"auto"`` takes :func:`barrier_strategy`. All give the same numbers
-    up to float rounding. ``labels`` name the models in error messages (default "0", "1", ...).
-    The models and the data are not modified; a one-shot iterator is read into a list first.
+    (default: cross-entropy over all examples or tokens; targets of -100 are ignored). The points
+    are evaluated in chunks, one pass over ``data`` per chunk: with ``strategy="loop"`` the chunk's
+    points run one after another on each batch and their mixed tensors fit ``memory_budget`` bytes;
+    with ``"vmap"`` they run stacked, and their stacked tensors and activations fit it; ``"auto"``
+    takes :func:`barrier_strategy`. All give the same numbers up to float rounding. ``labels`` name
+    the models in error messages (default "0", "1", ...).
+
+    ``group`` (a ``torch.distributed`` process group): each rank passes its own shard of ``data``,
+    the loss sums, correct counts and target counts are all-reduced in float64, and every rank gets
+    the result on the union of the shards; chunk sizes and the strategy are agreed across ranks and
+    only rank 0 shows progress. With ``shard="points"`` each rank passes all the data and evaluates
+    its own block of the points. The models and the data are not modified; a one-shot iterator is
+    read into a list first.
     """
     labels = _check_models(models, labels)
     weights = mixture_weights(weights, len(models))
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Real) or not 0 < memory_budget < inf:
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    _check_options(memory_budget, strategy, shard)
+    group = distributed.check_group(group, "evaluate_mixtures")
     device = torch.device(device) if device is not None else model_device(models[0], "evaluate_mixtures")
-    strategy = _strategy(strategy, models, labels, device)
     data = reusable(data)
-    points = weights.shape[0]
+    inputs = _first_inputs(data)
+    distributed.check_every_rank_has_data(inputs is not None, group, "evaluate_mixtures")
+    if inputs is None:
+        raise ValueError("data yielded no batches")
+    refusal = _stacking_refusal(models, labels)
     with torch.no_grad():
-        if strategy == "vmap":
-            evaluator = _StackedEvaluator(models, device)
-            first_inputs, _ = next(checked_batches(data))  # raises for data without batches
-            per_point = evaluator.bytes_per_point(first_inputs.to(device))
-            size = int(max(1, min(points, memory_budget // max(per_point, 1))))
-        else:
-            size = 1
-        chunks = [range(i, min(i + size, points)) for i in range(0, points, size)]
+        endpoints = Endpoints(models, device, stem=refusal is None)
+        strategy, cost = _resolve(strategy, refusal, device, inputs.to(device), endpoints.model, group)
+        size = _chunk_size(endpoints, strategy == "vmap", cost, inputs.shape[0], memory_budget)
+        rows = _slice_rows(strategy, device, cost)
+        mine = distributed.split_points(len(weights), group) if shard == "points" else range(len(weights))
+        if shard == "data":
+            size = distributed.agree_min(size, group)
+        chunks = [range(i, min(i + size, mine.stop)) for i in range(mine.start, mine.stop, size)]
+        runner = VmapRunner if strategy == "vmap" else LoopRunner
+        where = device if device.type != "mps" else torch.device("cpu")
+        totals = torch.zeros(len(weights), 3, dtype=torch.float64, device=where)
         total = len(chunks) * len(data) if hasattr(data, "__len__") else None
-        desc = f"{points} points in {len(chunks)} passes"
-        totals = np.zeros((points, 3))  # loss sum, correct, count per point
-        with tqdm(total=total, disable=not progress, desc=desc, leave=False) as bar:
-            for chunk in chunks:
-                if strategy == "vmap":
-                    run = evaluator.runner(torch.tensor(weights[chunk], dtype=torch.float64, device=device))
-                else:
-                    run = _one_model(_mix(models, weights[chunk.start]).eval().requires_grad_(False).to(device))
-                totals[chunk] = _pass(run, data, device, loss_fn, bar)
-    sums, correct, counts = totals.T
+        desc = f"{len(weights)} points in {len(chunks)} passes"
+        with tqdm(total=total, disable=not progress or not distributed.is_main(group), desc=desc, leave=False) as bar:
+            for index, chunk in enumerate(chunks):
+                run = runner(endpoints, torch.as_tensor(weights[chunk.start : chunk.stop]))
+                totals[chunk.start : chunk.stop] = _pass(run, data, device, loss_fn, bar, rows, check=index == 0)
+        sums, correct, counts = distributed.all_reduce_sum([totals], group)[0].cpu().numpy().T
     if (counts == 0).any():
         raise ValueError("data yielded no targets")
     losses = sums / counts

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from . import distributed
 from .alignment import Alignment, Classes, architecture, check_model, matched_pair, resolve_classes
 from .circuits import mix_circuits
 from .data import checked_batches, reusable
@@ -166,14 +167,17 @@ def _maps(sides: Sides, reassign: bool) -> tuple[dict, dict | None]:
 
 
 def train_step(path: _Path, sides: Sides, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-               lam: float, *, reassign: bool, loss_fn: LossFn) -> float:
-    """One Adam step of the latents on the loss of the path's model at ``lam`` on one batch; the loss."""
+               lam: float, *, reassign: bool, loss_fn: LossFn, group: object | None = None) -> float:
+    """One Adam step of the latents on the loss of the path's model at ``lam`` on one batch; the loss
+    (with ``group``: on the union of every rank's batch, gradients all-reduced)."""
     maps_b, maps_a = _maps(sides, reassign)
     loss = path.loss(path.tensors(maps_b, lam, maps_a), x, y, loss_fn)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"learned_matching: the loss is {float(loss.detach())}; lower lr")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    tensors = [latent.tensor for side in sides.values() for latent in side.values()]
+    loss = distributed.average_gradients(tensors, loss, (y != -100).sum(), group)
     optimizer.step()
     return float(loss.detach())
 
@@ -184,8 +188,8 @@ def _cycled(data: Iterable[tuple[Tensor, Tensor]]):
         yield from checked_batches(data)
 
 
-def _validation_loss(path: _Path, sides: Sides, data, loss_fn: LossFn, device) -> float:
-    """The mean loss of the projected midpoint (lambda = 1/2) on ``data``."""
+def _validation_loss(path: _Path, sides: Sides, data, loss_fn: LossFn, device, group: object | None = None) -> float:
+    """The mean loss of the projected midpoint (lambda = 1/2) on ``data`` (on every rank's shard of it)."""
     with torch.no_grad():
         maps_b, maps_a = _maps(sides, True)
         tensors = path.tensors(maps_b, 0.5, maps_a)
@@ -194,6 +198,8 @@ def _validation_loss(path: _Path, sides: Sides, data, loss_fn: LossFn, device) -
             x, y = x.to(device), y.to(device)
             losses = loss_fn(logits_of(functional_call(path.skeleton, tensors, (x,))), y)[y != -100]
             total, count = total + float(losses.double().sum()), count + losses.numel()
+    if group is not None:
+        total, count = distributed.all_reduce_sum([torch.tensor([total, float(count)])], group)[0].tolist()
     return total / count
 
 
@@ -211,8 +217,11 @@ class Schedule:
     loss_fn: LossFn = cross_entropy
     seed: int = 0
     progress: bool = False
+    #: a torch.distributed process group: each rank passes its own shard of the data
+    group: object | None = None
 
     def __post_init__(self) -> None:
+        distributed.check_group(self.group, "learned_matching")
         for name in ("steps", "eval_every", "project_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -229,22 +238,27 @@ def learn(path: _Path, sides: Sides, data: Iterable[tuple[Tensor, Tensor]], sche
     optimizer = torch.optim.Adam([latent.tensor for latent in latents], lr=schedule.lr)
     sampler = uniform() if schedule.sampler is None else schedule.sampler
     generator = torch.Generator().manual_seed(schedule.seed)
-    batches = _cycled(reusable(data))
+    data = reusable(data)
+    if schedule.group is not None:  # a rank without a batch would leave the others waiting in the all-reduce
+        distributed.check_every_rank_has_data(next(iter(data), None) is not None, schedule.group, "learned_matching")
+    batches = _cycled(data)
     history, window = [], []
     best: tuple[float, list[Tensor] | None] = (float("inf"), None)
     waited = 0
-    for step in tqdm(range(schedule.steps), disable=not schedule.progress, desc="learned matching"):
+    main = distributed.is_main(schedule.group)
+    for step in tqdm(range(schedule.steps), disable=not schedule.progress or not main, desc="learned matching"):
         lam = sampler(generator)
         if not 0 <= lam <= 1:
             raise ValueError(f"learned_matching: the sampler drew lambda = {lam!r}, outside [0, 1]")
         x, y = next(batches)
         window.append(train_step(path, sides, optimizer, x.to(device), y.to(device), lam,
-                                 reassign=step % schedule.project_every == 0, loss_fn=schedule.loss_fn))
+                                 reassign=step % schedule.project_every == 0, loss_fn=schedule.loss_fn,
+                                 group=schedule.group))
         if (step + 1) % schedule.eval_every == 0 or step + 1 == schedule.steps:
             history.append(sum(window) / len(window))
             window = []
             if schedule.validation is not None:
-                score = _validation_loss(path, sides, schedule.validation, schedule.loss_fn, device)
+                score = _validation_loss(path, sides, schedule.validation, schedule.loss_fn, device, schedule.group)
                 if score < best[0]:
                     best, waited = (score, [latent.tensor.detach().clone() for latent in latents]), 0
                 else:
@@ -304,6 +318,9 @@ def learned_matching(
     (default: whenever the family can widen heads) interpolates heads in circuit space. ``loss_fn``,
     ``seed``, ``progress`` as elsewhere. ``history`` holds the mean training loss of each
     ``eval_every`` steps. The returned transforms are exact: ``apply(b)`` computes what ``b`` computes.
+    ``group`` (a ``torch.distributed`` process group): each rank passes its own shard of ``data`` (and
+    of ``validation``); every step's gradient is that of the mean loss over all ranks' batches
+    (all-reduced in float64), so every rank learns what one process on the union of the batches would.
     """
     options = Schedule(**schedule)
     spec, kinds, init, path = prepared(a, b, init, classes, circuits, ("permutation", "orthogonal"),

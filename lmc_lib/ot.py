@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .data import check_max_batches, checked_batches
+from . import distributed
+from .data import check_max_batches, checked_batches, reusable
 from .alignment import Alignment, architecture, matched_pair
 from .evaluation import evaluating
 from .family import spec_for
@@ -151,15 +152,21 @@ class InputMoments:
 
 
 def input_moments(
-    model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *, max_batches: int | None = None
+    model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *, max_batches: int | None = None, group=None
 ) -> dict[str, InputMoments]:
     """Moments of the input of every ``nn.Linear`` of ``model`` on ``data`` (one streaming pass, float64).
 
     Keys are module names; for an MLP, ``moments["fc2"]`` describes the activations of hidden layer 1.
+    With ``group`` (a ``torch.distributed`` process group) each rank passes its own shard of ``data``
+    and the sums are added up over the ranks in float64: every rank gets the moments of the whole data.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"input_moments: model must be an nn.Module, got {type(model).__name__}")
     check_max_batches(max_batches, "input_moments")
+    group = distributed.check_group(group, "input_moments")
+    if group is not None:  # a rank without a batch would leave the others waiting in the all-reduce
+        data = reusable(data)
+        distributed.check_every_rank_has_data(next(iter(data), None) is not None, group, "input_moments")
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     if not linears:
         raise ValueError(f"input_moments: {type(model).__name__} has no nn.Linear")
@@ -186,6 +193,16 @@ def input_moments(
     finally:
         for handle in handles:
             handle.remove()
+    if group is not None:  # every rank's sums added up in float64, one all-reduce
+        flat = []
+        for name, (count, first, second) in sums.items():
+            width = linears[name].in_features
+            flat += [torch.tensor(float(count)), first + torch.zeros(width, dtype=torch.float64),
+                     second + torch.zeros(width, width, dtype=torch.float64)]
+        summed = iter(distributed.all_reduce_sum(flat, group))
+        for total in sums.values():
+            count, total[1], total[2] = next(summed), next(summed), next(summed)
+            total[0] = int(count)
     if sums[next(iter(linears))][0] == 0:
         raise ValueError("input_moments: the data yielded no batches")
     return {name: InputMoments(s[1] / s[0], s[2] / s[0], s[0]) for name, s in sums.items()}

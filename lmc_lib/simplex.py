@@ -148,6 +148,8 @@ def simplex_barrier(
     device: torch.device | str | None = None,
     strategy: str = "auto",
     progress: bool = True,
+    group: object | None = None,
+    shard: str = "data",
 ) -> SimplexSurface:
     """Loss and accuracy of theta_l = sum_m l_m theta_m at points l of the simplex of K >= 2 models, and
     the barrier max_l [L(theta_l) - sum_m l_m L(theta_m)].
@@ -157,8 +159,10 @@ def simplex_barrier(
     themselves, a (P, K) matrix of weights (each row non-negative, summing to 1); the vertices are
     always evaluated too. ``data``, ``loss_fn``, ``memory_budget``, ``device`` and ``strategy`` are
     those of :func:`lmc_lib.evaluation.evaluate_mixtures` (chunks of points that share a pass over
-    the data). The models must share one architecture (errors name them by position: models 0
-    and 2 differ at ...).
+    the data), and so are ``group`` and ``shard`` for several processes: each rank passes its own
+    shard of the data (or, with ``shard="points"``, all of it and evaluates its own block of the
+    points) and every rank gets the whole surface. The models must share one architecture (errors
+    name them by position: models 0 and 2 differ at ...).
     """
     if not isinstance(models, Sequence) or isinstance(models, nn.Module):
         raise TypeError(f"simplex_barrier: models must be a sequence of models, got {type(models).__name__}")
@@ -168,5 +172,5 @@ def simplex_barrier(
         raise TypeError("simplex_barrier: points must be a number of points per edge or a (P, K) matrix, got a bool")
     weights = _evaluated_points(points, len(models))
     result = evaluate_mixtures(models, weights, data, loss_fn=loss_fn, memory_budget=memory_budget, device=device,
-                               strategy=strategy, progress=progress)
+                               strategy=strategy, progress=progress, group=group, shard=shard)
     return SimplexSurface(result.weights, result.losses, result.accuracies)

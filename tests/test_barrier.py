@@ -418,11 +418,42 @@ def test_barrier_curve_plot_returns_axes():
     plt.close("all")
 
 
-def test_auto_stacks_where_it_saves_arithmetic():
-    """The default: stacked for an MLP (its stem is computed once per endpoint) and on a GPU, one
-    lambda at a time for a model without a stem on the CPU (benchmarks/barrier_strategies.py)."""
-    from test_models_gpt2 import gpt2
+def test_auto_stacks_small_batches_on_the_cpu_and_everything_on_a_gpu():
+    """The default (benchmarks/barrier_strategies.py): on a CPU stacked when the per-call overhead
+    dominates (one text window, one image), one point after another on the batches people evaluate
+    with (there a point's activations stay in the caches); stacked on a GPU; the loop for models the
+    stacked path may not run, whatever the batch."""
+    from lmc_lib.book.recipes import RECIPES
 
-    mlp, transformer = pair(CONFIGS[0])[0], gpt2(dict(n_embd=8, n_layer=1, n_head=2), 0)
-    assert lmc.barrier_strategy(mlp, "cpu") == "vmap" and lmc.barrier_strategy(mlp, "cuda") == "vmap"
-    assert lmc.barrier_strategy(transformer, "cpu") == "loop" and lmc.barrier_strategy(transformer, "cuda") == "vmap"
+    mlp = build_mlp(lmc.MLPConfig(784, (512, 512), 10), 0)
+    gpt2 = RECIPES["gpt2-shakespeare"]["book"].model.build().eval()
+    images, windows = torch.randn(500, 1, 28, 28), torch.randint(0, 65, (100, 64))
+    for model, batch in ((mlp, images), (gpt2, windows)):
+        assert lmc.barrier_strategy(model, "cpu", batch[:1]) == "vmap"
+        assert lmc.barrier_strategy(model, "cpu", batch) == "loop"
+        assert lmc.barrier_strategy(model, "cpu") == "loop"  # batches taken to be large
+        assert lmc.barrier_strategy(model, "cuda", batch) == "vmap" and lmc.barrier_strategy(model, "cuda") == "vmap"
+    hooked = copy.deepcopy(mlp)
+    hooked.act1.register_forward_hook(lambda module, args, out: out)
+    assert lmc.barrier_strategy(hooked, "cpu", images[:1]) == "loop" and lmc.barrier_strategy(hooked, "cuda") == "loop"
+
+
+def family_pair(family):
+    """Models A and B of ``family`` and data for them (test_evaluation's builders, imported here:
+    test_evaluation imports this module)."""
+    if family == "mlp":
+        return pair_and_data(CONFIGS[2])
+    import test_evaluation
+
+    (a, b, _), data = {"vit": test_evaluation.vit_models, "gpt2": test_evaluation.gpt2_models}[family]()
+    return a, b, data
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "auto"])
+@pytest.mark.parametrize("family", ["mlp", "vit", "gpt2"])
+def test_every_strategy_equals_a_naive_loop_on_every_family(family, strategy):
+    a, b, data = family_pair(family)
+    curve = lmc.barrier(a, b, data, 6, strategy=strategy, progress=False)
+    assert_matches_naive(curve, a, b, data)
+    tiny = lmc.barrier(a, b, data, 6, strategy=strategy, memory_budget=1, progress=False)
+    np.testing.assert_allclose(tiny.losses, curve.losses, rtol=TOLERANCE, atol=TOLERANCE)

@@ -1,5 +1,6 @@
 """evaluate_mixtures(): K-endpoint mixtures equal a per-point loop over mixed models on every family and
-strategy; the stacked path runs only models a family fully describes, and "auto" equals the loop."""
+strategy, chunking, batch slicing and scoring; the stacked path runs only models a family fully describes,
+and "auto" equals the loop; the fast argmax is argmax."""
 
 import copy
 from types import SimpleNamespace
@@ -13,7 +14,9 @@ from torch.nn.utils import parametrize
 
 import lmc_lib as lmc
 from contract import same_state
+from lmc_lib import evaluation
 from lmc_lib.evaluation import evaluate_mixtures, mix, mixture_weights
+from lmc_lib.scoring import first_argmax
 from strategies import build_mlp
 from test_barrier import classification_data, naive_curve
 from test_models_gpt2 import gpt2, tokens
@@ -81,8 +84,9 @@ FAMILIES = {
 
 @pytest.mark.parametrize(
     "options",
-    [{"strategy": "vmap"}, {"strategy": "vmap", "memory_budget": 1}, {"strategy": "loop"}, {"strategy": "auto"}],
-    ids=["vmap", "vmap-tiny-budget", "loop", "auto"],
+    [{"strategy": "vmap"}, {"strategy": "vmap", "memory_budget": 1}, {"strategy": "loop"},
+     {"strategy": "loop", "memory_budget": 1}, {"strategy": "auto"}],
+    ids=["vmap", "vmap-tiny-budget", "loop", "loop-tiny-budget", "auto"],
 )
 @pytest.mark.parametrize("family", FAMILIES)
 def test_three_endpoint_mixtures_equal_a_per_point_loop(family, options):
@@ -92,6 +96,51 @@ def test_three_endpoint_mixtures_equal_a_per_point_loop(family, options):
     np.testing.assert_allclose(result.losses, losses, rtol=TOLERANCE, atol=TOLERANCE)
     np.testing.assert_allclose(result.accuracies, accuracies, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(result.weights, WEIGHTS)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sliced_batches_and_scoring_point_by_point_equal_a_per_point_loop(monkeypatch, family, strategy):
+    """One example per slice (the loop on a CPU cuts batches whose activations are large) and one
+    point's logits scored at a time give the same numbers as whole batches scored together."""
+    monkeypatch.setattr(evaluation, "SLICE_BYTES", 1)
+    monkeypatch.setattr(evaluation, "SCORED_TOGETHER", 1)
+    models, data = FAMILIES[family]()
+    result = evaluate_mixtures(models, WEIGHTS, data, strategy=strategy, progress=False)
+    losses, accuracies = naive_mixtures(models, WEIGHTS, data)
+    np.testing.assert_allclose(result.losses, losses, rtol=TOLERANCE, atol=TOLERANCE)
+    np.testing.assert_allclose(result.accuracies, accuracies, rtol=0, atol=1e-12)
+
+
+class Counted(list):
+    """Batches that count how often they are read."""
+
+    reads = 0
+
+    def __iter__(self):
+        self.reads += 1
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("budget, passes", [(2**30, 1), (1, len(WEIGHTS))])
+def test_the_data_is_read_once_per_chunk(strategy, budget, passes):
+    models, data = mlp_models()
+    data = Counted(data)
+    evaluate_mixtures(models, WEIGHTS, data, strategy=strategy, memory_budget=budget, progress=False)
+    assert data.reads == 1 + passes  # the first batch is read once to size the chunks
+
+
+@pytest.mark.parametrize("classes", [10, 5000, 50257, 4352])
+def test_first_argmax_is_argmax_with_ties_and_nan(classes):
+    generator = torch.Generator().manual_seed(classes)
+    logits = torch.randint(-3, 3, (6, 5, classes), generator=generator).float()  # ties everywhere
+    logits[0, 1, classes // 2] = logits[2, 3, -1] = float("nan")
+    logits[1] = 0.0
+    logits[3, 2, -1] = 100.0
+    torch.testing.assert_close(first_argmax(logits), logits.argmax(-1), rtol=0, atol=0)
+    wide = torch.randn(4, classes, generator=generator)
+    torch.testing.assert_close(first_argmax(wide), wide.argmax(-1), rtol=0, atol=0)
 
 
 def test_tied_gpt2_is_stacked_and_equals_the_loop():
