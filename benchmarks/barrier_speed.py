@@ -1,12 +1,16 @@
-"""Time lmc_lib.barrier against the plain per-lambda loop that other libraries use.
+"""lmc.barrier against K plain forward passes and against the plain per-lambda loop (an MLP on MNIST).
 
-The plain loop, for each of K lambdas: copy the model, load the interpolated state dict, run the
-whole evaluation set. ``lmc.barrier`` stacks the K interpolated parameter sets and runs them
-together (vmap), one pass over the data per chunk. Both are timed on an MLP 784-512-512-10 with
-the MNIST test images held in memory and read through a torchvision DataLoader, and both must give
-the same losses. Each repeat times the two methods and one plain forward pass back to back, so a
-busy machine slows all three alike; the table shows medians over ``--repeats`` repeats (the
-speed-up is the median of the per-repeat ratios).
+The model is an MLP 784-512-512-10 (random weights, seeded: the cost does not depend on them); the
+data, the 2,000 MNIST test images in batches of 500, held in memory or read by a torchvision
+DataLoader that decodes every image on every pass. Each round times, back to back: one plain
+forward pass (the model and the summed cross-entropy on every batch: the unit of the ratios),
+lmc.barrier with either strategy (K lambdas; the default, "auto", takes the one named), and the
+plain per-lambda loop of most LMC code (copy the model, load the interpolated state dict,
+evaluate: K passes over the data). Reported are medians over the rounds and their range, which
+says how noisy the machine was. The floor of lmc.barrier / (K x forward) at K = 25 is about 0.45:
+the first layer (60% of the arithmetic) is computed once per endpoint, the rest once per lambda.
+Every method must give the plain loop's losses to 1e-5. A last table says where lmc.barrier's time
+goes at the largest K (torch.profiler, self CPU time of its operators in groups, as shares).
 
     OMP_WAIT_POLICY=PASSIVE LMC_DATA_DIR=../shared/data python benchmarks/barrier_speed.py --threads 2
 """
@@ -15,19 +19,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
-import statistics
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 import lmc_lib as lmc
+from timing import forward_pass, print_table, ratio, rounds, write
 
 
-def plain_barrier(a: nn.Module, b: nn.Module, data: Iterable, lambdas: np.ndarray) -> np.ndarray:
+def plain_loop(a: nn.Module, b: nn.Module, data: Iterable, lambdas: np.ndarray) -> np.ndarray:
     """Mean cross-entropy at each lambda: one interpolated model and one pass of ``lmc.evaluate`` per lambda."""
     state_a, state_b = a.state_dict(), b.state_dict()
     losses = []
@@ -38,59 +40,89 @@ def plain_barrier(a: nn.Module, b: nn.Module, data: Iterable, lambdas: np.ndarra
     return np.array(losses)
 
 
-def seconds(run: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
-def trained_pair(epochs: int) -> tuple[nn.Module, nn.Module]:
-    """Two MLPs 784-512-512-10 briefly trained on MNIST from seeds 0 and 1 (cached on disk)."""
+def pair() -> tuple[nn.Module, nn.Module]:
     config = lmc.MLPConfig(784, (512, 512), 10)
-    data = lmc.mnist(train=True)
-    train = lmc.TrainConfig(epochs=epochs)
-    return tuple(
-        lmc.train(lambda: lmc.MLP(config), data, train, seed=s, cache_key=repr(config), progress=False) for s in (0, 1)
-    )
+    torch.manual_seed(0)
+    a = lmc.MLP(config).eval()
+    torch.manual_seed(1)
+    return a, lmc.MLP(config).eval()
+
+
+def measure(a: nn.Module, b: nn.Module, data: Iterable, k: int, repeats: int) -> dict:
+    """One row: the ratios of lmc.barrier (both strategies) and of the plain loop at K lambdas."""
+    grid = np.linspace(0, 1, k)
+    reference = plain_loop(a, b, data, grid)
+    for strategy in ("loop", "vmap"):
+        error = np.abs(lmc.barrier(a, b, data, k, strategy=strategy, progress=False).losses - reference).max()
+        if error > 1e-5:
+            raise AssertionError(f"lmc.barrier (strategy={strategy!r}) and the plain loop differ by {error:.1e}")
+    times = rounds({
+        "forward": lambda: forward_pass(a, data),
+        "loop": lambda: lmc.barrier(a, b, data, k, strategy="loop", progress=False),
+        "vmap": lambda: lmc.barrier(a, b, data, k, strategy="vmap", progress=False),
+        "plain loop": lambda: plain_loop(a, b, data, grid),
+    }, repeats)
+    auto = lmc.barrier_strategy(a, "cpu", next(iter(data))[0])
+    return {
+        "K": k,
+        "auto": auto,
+        "lmc.barrier / (K x forward)": ratio(times[auto], times["forward"], k),
+        "loop / (K x forward)": ratio(times["loop"], times["forward"], k),
+        "vmap / (K x forward)": ratio(times["vmap"], times["forward"], k),
+        "plain loop / lmc.barrier": ratio(times["plain loop"], times[auto]),
+        "forward (ms)": ratio(times["forward"], [1e-3] * repeats),
+    }
+
+
+#: operator name fragments -> the group of work they do in lmc.barrier (first match wins)
+GROUPS = {
+    "matrix products": ("addmm", "aten::mm", "matmul", "linear", "bmm"),
+    "mixing the tensors of each lambda": ("lerp",),
+    "activations (ReLU)": ("clamp_min", "relu", "gelu"),
+    "loss and accuracy": ("cross_entropy", "log_softmax", "nll_loss", "argmax", "amax", "eq", "ne", "where", "sum"),
+    "copies and casts": ("copy_", "_to_copy"),
+    "input checks (finite weights)": ("abs", "isfinite", "aten::all"),
+}
+
+
+def where_the_time_goes(a: nn.Module, b: nn.Module, data: Iterable, k: int, strategy: str) -> dict:
+    """Shares of lmc.barrier's operator time (self CPU time) in the :data:`GROUPS`, the rest as "other"."""
+    lmc.barrier(a, b, data, k, strategy=strategy, progress=False)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        lmc.barrier(a, b, data, k, strategy=strategy, progress=False)
+    shares = dict.fromkeys([*GROUPS, "other"], 0.0)
+    for event in profile.key_averages():
+        group = next((g for g, names in GROUPS.items() if any(n in event.key for n in names)), "other")
+        shares[group] += event.self_cpu_time_total
+    total = sum(shares.values())
+    return {"K": k, "strategy": strategy, **{group: round(value / total, 3) for group, value in shares.items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=1, help="training epochs of the two endpoint models")
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--lambdas", type=int, nargs="+", default=[11, 25])
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
-    a, b = trained_pair(args.epochs)
+    a, b = pair()
     sources = {
         "in memory": lmc.mnist(train=False).batches(args.batch_size),
         "DataLoader": lmc.data.mnist_loader(train=False, batch_size=args.batch_size),
     }
-    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-          f"{len(sources['in memory'])} batches of {args.batch_size} test images, median of {args.repeats}")
-    print("| data | K | plain loop (s) | lmc.barrier (s) | speed-up | lmc / (K x forward) |")
-    print("|---|---|---|---|---|---|")
+    tables = {}
     for name, data in sources.items():
-        for k in args.lambdas:
-            grid = np.linspace(0, 1, k)
-            curve = lmc.barrier(a, b, data, lambdas=k, progress=False)
-            error = np.abs(curve.losses - plain_barrier(a, b, data, grid)).max()
-            if error > 1e-5:
-                raise AssertionError(f"lmc.barrier and the plain loop disagree by {error:.2e}")
-            runs = [
-                (
-                    seconds(lambda: plain_barrier(a, b, data, grid)),
-                    seconds(lambda: lmc.barrier(a, b, data, lambdas=k, progress=False)),
-                    seconds(lambda: lmc.evaluate(a, data)),
-                )
-                for _ in range(args.repeats)
-            ]
-            plain, fast, forward = (statistics.median(column) for column in zip(*runs))
-            speedup = statistics.median(p / f for p, f, _ in runs)
-            print(f"| {name} | {k} | {plain:.3f} | {fast:.3f} | {speedup:.2f}x | {fast / (k * forward):.2f} |")
+        rows = [measure(a, b, data, k, args.repeats) for k in args.lambdas]
+        tables[f"MLP 784-512-512-10, 2000 MNIST test images {name}"] = rows
+        print_table(f"MNIST {name}: median (range) over {args.repeats} rounds", rows)
+    profile = [where_the_time_goes(a, b, sources["in memory"], max(args.lambdas), strategy)
+               for strategy in ("loop", "vmap")]
+    tables["where lmc.barrier's time goes (in memory, share of operator time)"] = profile
+    print_table("where lmc.barrier's time goes", profile)
+    settings = {"threads": args.threads, "repeats": args.repeats, "batch_size": args.batch_size,
+                "model": "MLP 784-512-512-10, random weights", "data": "MNIST test, 2000 images"}
+    write("barrier_speed", tables, settings)
 
 
 if __name__ == "__main__":
