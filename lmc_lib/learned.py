@@ -38,7 +38,7 @@ from .matching import weight_matching
 from .solvers import solve_assignment
 from .spec import SymmetrySpec
 from .symmetry import Orthogonal, Transform
-from .transform import transform_tensors
+from .transform import StraightThrough, transform_tensors
 
 __all__ = [
     "learned_matching", "learned_matching_two_sided", "Schedule", "Sampler", "uniform", "clipped_normal", "fixed",
@@ -84,7 +84,7 @@ class _Latent:
     temperature: float = 0.1
     iterations: int = 20
 
-    def project(self, reassign: bool) -> tuple[Tensor, Tensor]:
+    def project(self, reassign: bool) -> tuple[Tensor | StraightThrough, Tensor | StraightThrough]:
         """(T, S) for transform_tensors: writers W -> T W, readers V -> V S^T (S = T for these classes)."""
         if self.kind == "orthogonal":
             rotation = torch.matrix_exp(self.tensor - self.tensor.T)
@@ -98,9 +98,7 @@ class _Latent:
             return soft, soft
         if reassign or self.indices is None:
             self.indices = solve_assignment(self.tensor.detach()).indices.to(self.tensor.device)
-        hard = torch.zeros_like(self.tensor)
-        hard[torch.arange(hard.shape[0], device=hard.device), self.indices] = 1.0
-        straight = hard + self.tensor - self.tensor.detach()  # forward: P; backward: as if P were L
+        straight = StraightThrough(self.tensor, self.indices)  # forward: P by indexing; backward: as if P were L
         return straight, straight
 
     def element(self) -> Transform:

@@ -23,13 +23,48 @@ from .symmetry import (
     max_condition,
 )
 
-__all__ = ["apply_along", "transform_tensors", "transform_state", "transform", "random_transform"]
+__all__ = ["apply_along", "StraightThrough", "transform_tensors", "transform_state", "transform", "random_transform"]
 
 
-def apply_along(tensor: Tensor, axis: Axis, matrix: Tensor | Permutation) -> Tensor:
+class _StraightThroughRows(torch.autograd.Function):
+    """out = P x along ``dim`` for the permutation P[i, indices[i]] = 1, by indexing; the backward treats
+    P as the latent L: dL = g x^T (summed over the other axes), dx = P^T g."""
+
+    @staticmethod
+    def forward(ctx, part: Tensor, latent: Tensor, indices: Tensor, dim: int) -> Tensor:
+        ctx.save_for_backward(part, indices)
+        ctx.dim = dim
+        return part.index_select(dim, indices)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        part, indices = ctx.saved_tensors
+        dim, n = ctx.dim, indices.numel()
+        grad_part = torch.zeros_like(part).index_copy(dim, indices, grad) if ctx.needs_input_grad[0] else None
+        grad_latent = None
+        if ctx.needs_input_grad[1]:
+            grad_latent = grad.movedim(dim, 0).reshape(n, -1) @ part.movedim(dim, 0).reshape(n, -1).T
+        return grad_part, grad_latent, None, None
+
+
+class StraightThrough:
+    """A permutation in the forward pass that is the latent matrix L in the backward pass (the
+    straight-through estimator of learned matching): applied by indexing, so the forward costs no
+    matrix product; the gradient reaching L is that of the product L x."""
+
+    def __init__(self, latent: Tensor, indices: Tensor) -> None:
+        self.latent, self.indices = latent, indices
+
+    def along(self, part: Tensor, dim: int) -> Tensor:
+        """P x along ``dim`` of ``part`` (the coordinate axis of size n)."""
+        return _StraightThroughRows.apply(part, self.latent, self.indices, dim)
+
+
+def apply_along(tensor: Tensor, axis: Axis, matrix: Tensor | Permutation | StraightThrough) -> Tensor:
     """Return ``tensor`` with its axis slice x (size n, blocks of ``axis.block``) replaced by M x.
 
-    ``matrix`` is (m, n) and acts on the coordinate index; a Permutation is applied by indexing.
+    ``matrix`` is (m, n) and acts on the coordinate index; a Permutation or a StraightThrough is
+    applied by indexing.
     """
     dim = axis.dim % tensor.ndim
     length = axis.extent(tensor.shape)
@@ -40,6 +75,8 @@ def apply_along(tensor: Tensor, axis: Axis, matrix: Tensor | Permutation) -> Ten
     part = part.reshape(*shape[:dim], length // axis.block, axis.block, *shape[dim + 1 :])
     if isinstance(matrix, Permutation):
         part = part.index_select(dim, matrix.indices.to(part.device))
+    elif isinstance(matrix, StraightThrough):
+        part = matrix.along(part, dim)
     else:
         part = torch.tensordot(matrix.to(part), part, dims=([1], [dim])).movedim(0, dim)
     part = part.reshape(*shape[:dim], -1, *shape[dim + 1 :])
@@ -111,8 +148,9 @@ Maps = Mapping[str, "Transform | tuple[Tensor, Tensor]"]
 def transform_tensors(tensors: Mapping[str, Tensor], spec: SymmetrySpec, maps: Maps) -> dict[str, Tensor]:
     """The differentiable core: writers W -> T W, readers V -> V R for every space in ``maps``, in spec order.
 
-    ``maps`` gives, per space, a symmetry element or a pair (T, S) of (M, N) tensors: writers
-    W -> T W and readers V -> V S^T, with S = T^-T (S = T for an orthogonal T). No check, no cast,
+    ``maps`` gives, per space, a symmetry element or a pair (T, S) of (M, N) tensors (or of
+    :class:`StraightThrough` permutations): writers W -> T W and readers V -> V S^T, with S = T^-T
+    (S = T for an orthogonal T). No check, no cast,
     no detach: gradients flow to ``tensors`` and to the tensor maps, which must share the tensors'
     dtype and device. Tensors that no mapped space touches are returned as they are.
     """

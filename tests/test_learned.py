@@ -52,13 +52,28 @@ def test_the_orthogonal_projection_is_exact_and_its_gradient_finite_at_the_ident
     torch.testing.assert_close(element.matrix.T @ element.matrix, torch.eye(6, dtype=torch.float64))
 
 
-def test_the_permutation_projection_passes_gradients_straight_through():
-    latent = _Latent("permutation", (torch.eye(4) + 0.01 * torch.randn(4, 4)).requires_grad_(True))
-    hard, _ = latent.project(True)
-    torch.testing.assert_close(hard.detach(), torch.eye(4))
-    weights = torch.randn(4, 4)
-    (hard * weights).sum().backward()
-    torch.testing.assert_close(latent.tensor.grad, weights)
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_the_permutation_projection_passes_gradients_straight_through(dim):
+    """Forward: P x by indexing; backward: the gradients of the dense product L x for the latent, of P x for x."""
+    generator = torch.Generator().manual_seed(0)
+    latent = _Latent("permutation", (torch.eye(4) + 0.01 * torch.randn(4, 4, generator=generator)).requires_grad_(True))
+    latent.tensor.data[[0, 2]] = latent.tensor.data[[2, 0]]  # the assignment is a swap, not the identity
+    straight, _ = latent.project(True)
+    shape = [3, 5, 2]
+    shape[dim] = 4
+    x = torch.randn(*shape, generator=generator, requires_grad=True)
+    upstream = torch.randn(*shape, generator=generator)
+    (straight.along(x, dim) * upstream).sum().backward()
+    hard = torch.zeros(4, 4)
+    hard[torch.arange(4), latent.indices] = 1.0
+    dense = lambda matrix, t: torch.tensordot(matrix, t, dims=([1], [dim])).movedim(0, dim)  # noqa: E731
+    torch.testing.assert_close(straight.along(x, dim).detach(), dense(hard, x.detach()))
+    reference_latent = latent.tensor.detach().clone().requires_grad_(True)
+    reference_x = x.detach().clone().requires_grad_(True)
+    ste = hard + reference_latent - reference_latent.detach()
+    (dense(ste, reference_x) * upstream).sum().backward()
+    torch.testing.assert_close(latent.tensor.grad, reference_latent.grad)
+    torch.testing.assert_close(x.grad, dense(hard.T, upstream))
 
 
 @pytest.mark.parametrize("family", ["mlp", "gpt2"])
