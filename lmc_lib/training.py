@@ -38,7 +38,12 @@ def _is_count(value: object) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser and schedule: ``optimizer`` in {"sgd", "adam", "adamw"}, ``schedule`` in {"cosine", "constant"}."""
+    """Optimiser and schedule: ``optimizer`` in {"sgd", "adam", "adamw"}, ``schedule`` in {"cosine", "constant"}.
+
+    ``patience``: with validation data given to :func:`train`, stop once the validation loss (measured
+    after every epoch) has not improved for this many epochs, and keep the weights of the best epoch
+    (early stopping; the schedule still spans ``epochs``). None: train every epoch.
+    """
 
     epochs: int = 10
     batch_size: int = 128
@@ -48,6 +53,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup_steps: int = 0
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam", "adamw"):
@@ -61,12 +67,13 @@ class TrainConfig:
             "momentum": 0 <= self.momentum < 1,
             "weight_decay": self.weight_decay >= 0,
             "warmup_steps": _is_count(self.warmup_steps) and self.warmup_steps >= 0,
+            "patience": self.patience is None or (_is_count(self.patience) and self.patience >= 1),
         }
         bad = [f"{name}={getattr(self, name)!r}" for name, ok in valid.items() if not ok]
         if bad:
             raise ValueError(
-                f"TrainConfig: invalid {', '.join(bad)} (need integers epochs >= 0, batch_size >= 1 and "
-                "warmup_steps >= 0, and lr > 0, 0 <= momentum < 1, weight_decay >= 0)"
+                f"TrainConfig: invalid {', '.join(bad)} (need integers epochs >= 0, batch_size >= 1, "
+                "warmup_steps >= 0 and patience >= 1 or None, and lr > 0, 0 <= momentum < 1, weight_decay >= 0)"
             )
 
 
@@ -97,15 +104,18 @@ def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total: int)
 
 def _fit(
     model: nn.Module, data: TensorData, config: TrainConfig, seed: int, progress: bool,
-    device: torch.device | str | None,
+    device: torch.device | str | None, validation: TensorData | None = None,
 ) -> None:
-    """Minimise the mean cross-entropy over ``data``, in place on ``device``, by ``config``'s optimiser and schedule."""
+    """Minimise the mean cross-entropy over ``data``, in place on ``device``, by ``config``'s optimiser and
+    schedule; with ``validation`` and ``config.patience``, stop early and keep the best epoch's weights."""
     model.to(device)  # before the optimizer is built: it holds the parameters
     optimizer = _optimizer(model, config)
     steps_per_epoch = -(-len(data) // config.batch_size)
     scheduler = _schedule(optimizer, config, config.epochs * steps_per_epoch)
     model.train()
     bar = tqdm(range(config.epochs), disable=not progress, desc=f"train seed {seed}", leave=False)
+    best: tuple[float, dict[str, Tensor] | None] = (math.inf, None)
+    waited = 0
     for epoch in bar:
         for x, y in data.batches(config.batch_size, shuffle=True, seed=seed * 100_003 + epoch):
             x, y = x.to(device), y.to(device)
@@ -118,6 +128,14 @@ def _fit(
             optimizer.step()
             scheduler.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if validation is not None and config.patience is not None:
+            score = evaluate(model, validation.batches(config.batch_size))[0]
+            if score < best[0]:
+                best, waited = (score, {k: v.detach().clone() for k, v in model.state_dict().items()}), 0
+            elif (waited := waited + 1) >= config.patience:
+                break
+    if best[1] is not None:
+        model.load_state_dict(best[1])
     model.eval()
 
 
@@ -148,8 +166,12 @@ def train(
     cache: str | os.PathLike | None = None,
     progress: bool = True,
     device: torch.device | str | None = None,
+    validation: TensorData | None = None,
 ) -> nn.Module:
     """Build a model with ``build()`` under ``seed`` and train a copy of it on ``data`` with mean cross-entropy.
+
+    With ``validation`` data and ``config.patience``, training stops early on the validation loss
+    and returns the best epoch's weights (see :class:`TrainConfig`); ValueError for one without the other.
 
     With ``cache_key`` (a string that identifies the architecture, e.g. ``repr(MLPConfig(...))``)
     the trained weights are loaded from, or saved to, the cache folder. The model is trained on,
@@ -166,9 +188,17 @@ def train(
         raise TypeError(f"train: config must be a TrainConfig, got {type(config).__name__}")
     if data.inputs.is_floating_point() and not torch.isfinite(data.inputs).all():
         raise ValueError(f"train: the inputs of {data.name} hold NaN or infinite values")
+    if (validation is None) != (config.patience is None):
+        raise ValueError("train: early stopping needs both validation data and TrainConfig.patience; got "
+                         f"validation={'given' if validation is not None else None}, patience={config.patience!r}")
+    if validation is not None and not isinstance(validation, TensorData):
+        raise TypeError(f"train: validation must be a TensorData, got {type(validation).__name__}")
     path = None
     if cache_key is not None:
-        described = {"model": cache_key, "data": data.name, "n": len(data), "config": asdict(config), "seed": seed}
+        settings = {k: v for k, v in asdict(config).items() if not (k == "patience" and v is None)}  # older keys hold
+        described = {"model": cache_key, "data": data.name, "n": len(data), "config": settings, "seed": seed}
+        if validation is not None:
+            described["validation"] = [validation.name, len(validation)]
         key = json.dumps(described, sort_keys=True)
         path = cache_dir(cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
     with torch.random.fork_rng(devices=[]):
@@ -182,7 +212,7 @@ def train(
             return model.to(device).eval()
         target = torch.device(device) if device is not None else model_device(model, "train")
         with _seeded_accelerator(target, seed):
-            _fit(model, data, config, seed, progress, device)
+            _fit(model, data, config, seed, progress, device, validation)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

@@ -183,11 +183,50 @@ def test_every_optimizer_and_schedule_trains(optimizer, schedule, warmup, lr):
         ({"epochs": 2.5}, "invalid epochs=2.5 .*need integers epochs >= 0"),
         ({"batch_size": True}, "invalid batch_size=True"),
         ({"warmup_steps": 1.0}, "invalid warmup_steps=1.0"),
+        ({"patience": 0}, "invalid patience=0"),
+        ({"patience": 1.5}, "invalid patience=1.5"),
     ],
 )
 def test_train_config_refuses_bad_values(options, message):
     with pytest.raises(ValueError, match=message):
         lmc.TrainConfig(**options)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience(monkeypatch):
+    """Scripted validation losses: best at epoch 2, then two worse epochs stop training with patience 2;
+    the weights returned are those after epoch 2 (a constant schedule makes them a 2-epoch run's)."""
+    scripted = iter([3.0, 2.0, 2.5, 2.6, 0.1, 0.1])
+    calls = []
+
+    def validation_loss(model, batches):
+        calls.append(len(list(batches)))
+        return next(scripted), 0.0
+
+    monkeypatch.setattr(training, "evaluate", validation_loss)
+    config = lmc.TrainConfig(epochs=6, batch_size=32, lr=3e-2, schedule="constant", patience=2)
+    stopped = lmc.train(build, teacher_data(), config, seed=0, progress=False, validation=teacher_data(64))
+    assert len(calls) == 4 and calls[0] == 2  # epochs 1-4 evaluated, on 64 examples in batches of 32
+    two_epochs = lmc.train(build, teacher_data(), lmc.TrainConfig(epochs=2, batch_size=32, lr=3e-2,
+                                                                  schedule="constant"), seed=0, progress=False)
+    assert same_state(stopped, two_epochs) and not stopped.training
+
+
+def test_early_stopping_needs_validation_data_and_patience_together():
+    with pytest.raises(ValueError, match="early stopping needs both validation data and TrainConfig.patience"):
+        lmc.train(build, teacher_data(), lmc.TrainConfig(patience=2), seed=0, progress=False)
+    with pytest.raises(ValueError, match="validation=given, patience=None"):
+        lmc.train(build, teacher_data(), CONFIG, seed=0, progress=False, validation=teacher_data(64))
+    with pytest.raises(TypeError, match="validation must be a TensorData, got list"):
+        lmc.train(build, teacher_data(), lmc.TrainConfig(patience=2), seed=0, progress=False,
+                  validation=teacher_data(64).batches())
+
+
+def test_early_stopping_is_part_of_the_cache_key(tmp_path, monkeypatch):
+    config = lmc.TrainConfig(epochs=3, batch_size=32, lr=3e-2, patience=1)
+    fit(0, cache_key="k", cache=tmp_path)
+    lmc.train(build, teacher_data(), config, seed=0, progress=False, validation=teacher_data(64),
+              cache_key="k", cache=tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
 
 
 # -- evaluate ------------------------------------------------------------------------------------
