@@ -45,7 +45,7 @@ def logits_of(output: object) -> Tensor:
 
 
 def combine(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
-    """(P, *shape): sum_k W[p, k] t_k for the rows of ``weights`` (P, K), in the tensors' dtype.
+    """``(P, *shape)``: sum_k W[p, k] t_k for the rows of ``weights`` (P, K), in the tensors' dtype.
 
     Computed in float32 or wider; for K = 2 as the lerp t_0 + W[p, 1] (t_1 - t_0), which gives both
     endpoints exactly, and otherwise as the weighted sum, exact at the corners of the simplex.
@@ -167,7 +167,7 @@ class LoopRunner:
         self.points = [{k: v[p] for k, v in stacked.items()} for p in range(weights.shape[0])]
 
     def __call__(self, x: Tensor) -> Iterator[Tensor]:
-        """Logits (1, *batch, C) of each point in turn."""
+        """Logits ``(1, *batch, C)`` of each point in turn."""
         stems = self.endpoints.stems(x)
         for p, tensors in enumerate(self.points):
             inputs = x if stems is None else combine(stems, self.weights[p : p + 1])[0]
@@ -182,7 +182,7 @@ class VmapRunner:
         self.stacked = endpoints.mixed(self.weights)
 
     def __call__(self, x: Tensor) -> Iterator[Tensor]:
-        """Logits (P, *batch, C) of all the points at once."""
+        """Logits ``(P, *batch, C)`` of all the points at once."""
         stems = self.endpoints.stems(x)
         with warnings.catch_warnings():
             # CPU flash attention has no vmap batching rule; the fallback is correct, only slower
