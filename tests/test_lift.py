@@ -11,6 +11,7 @@ from torch import nn
 import lmc_lib as lmc
 from contract import max_relative_error, outputs, same_state
 from lmc_lib.alignment import check_pair
+from lmc_lib.canonical import RMSNorm
 from lmc_lib.learned import uniform
 from strategies import build_mlp
 from test_models_gpt2 import gpt2, tokens
@@ -122,3 +123,61 @@ def test_sizes_a_family_cannot_reach_are_refused(generator):
         lmc.lift(model, {"residual": 32.0})
     with pytest.raises(TypeError, match="sizes must be a mapping"):
         lmc.lift(model, [("residual", 32)])
+
+
+def test_split_false_pads_relu_units_exactly(generator):
+    narrow = build_mlp(lmc.MLPConfig(6, (8, 7), 3, activation="relu"), 0)
+    padded = lmc.lift(narrow, {"hidden": 12}, generator=generator, split=False)
+    x = torch.randn(16, 6, generator=generator)
+    assert max_relative_error(outputs(narrow, x), outputs(padded, x)) <= 1e-5
+    assert torch.equal(padded.fc1.weight[:8], narrow.fc1.weight) and torch.equal(padded.fc2.weight[:7, :8],
+                                                                                 narrow.fc2.weight)
+    for new in (padded.fc1.weight[8:], padded.fc1.bias[8:], padded.fc2.weight[:, 8:], padded.fc3.weight[:, 7:]):
+        assert torch.equal(new, torch.zeros_like(new))
+    split = lmc.lift(narrow, {"hidden": 12}, generator=generator)
+    assert not torch.equal(split.fc3.weight[:, 7:], torch.zeros_like(split.fc3.weight[:, 7:]))
+
+
+def test_heads_cannot_be_padded(generator):
+    narrow = vit(dict(embed_dim=16, depth=1, num_heads=2))
+    with pytest.raises(ValueError, match="the heads of space 'blocks.0.attn.heads' can be split, not padded"):
+        lmc.lift(narrow, {"heads": 4}, generator=generator, split=False)
+    wide = lmc.lift(narrow, {"residual": 32}, generator=generator, split=False)  # orthogonal lifts are unaffected
+    x = images(narrow, generator)
+    assert max_relative_error(outputs(narrow, x), outputs(wide, x)) <= 1e-5
+
+
+def test_norm_eps_makes_a_lift_pair_with_a_wide_model_of_another_eps_and_is_not_exact():
+    """norm_eps: the tensors are the exact lift's, only the norms' eps changes (in the modules and the config),
+    so the lift pairs with a wide model built with that eps; the function moves unless norm_eps is the exact
+    eps * N / M. The narrow eps is large here, so the move is large enough to see."""
+    narrow = gpt2(dict(n_embd=16, n_layer=1, n_head=2, n_inner=24, layer_norm_epsilon=1e-2))
+
+    def lifted(**options):
+        return lmc.lift(narrow, {"residual": 64, "mlp": 32}, generator=torch.Generator().manual_seed(0), **options)
+
+    exact, forced = lifted(), lifted(norm_eps=1e-2)
+    assert same_state(exact, forced)
+    norms = [m for m in forced.modules() if isinstance(m, RMSNorm)]
+    assert norms and all(m.eps == 1e-2 for m in norms) and forced.config.layer_norm_epsilon == 1e-2
+    assert narrow.config.layer_norm_epsilon == 1e-2 and narrow.transformer.ln_f.eps == 1e-2  # the input untouched
+    wide = gpt2(dict(n_embd=64, n_layer=1, n_head=2, n_inner=32, layer_norm_epsilon=1e-2), 1)
+    check_pair(forced, wide)
+    with pytest.raises(ValueError, match="eps"):
+        check_pair(exact, wide)
+    x = tokens(torch.Generator().manual_seed(1))
+    assert max_relative_error(outputs(narrow, x), outputs(exact, x)) <= 1e-5
+    assert max_relative_error(outputs(narrow, x), outputs(lifted(norm_eps=1e-2 * 16 / 64), x)) <= 1e-5
+    assert max_relative_error(outputs(narrow, x), outputs(forced, x)) > 1e-3
+
+
+def test_norm_eps_reaches_a_vits_norms_and_is_refused_where_no_norm_is_resized(generator):
+    narrow = vit(dict(embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0))
+    eps = narrow.norm.eps
+    lifted = lmc.lift(narrow, {"residual": 32}, generator=generator, norm_eps=eps)
+    check_pair(lifted, vit(dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=1.0), 1))
+    with pytest.raises(ValueError, match="this lift resizes none; leave norm_eps out"):
+        lmc.lift(narrow, {"mlp": 48}, generator=generator, norm_eps=eps)
+    for wrong in (0.0, -1e-5, float("nan"), True, "1e-5"):
+        with pytest.raises(ValueError, match="norm_eps must be a positive number"):
+            lmc.lift(narrow, {"residual": 32}, norm_eps=wrong)
