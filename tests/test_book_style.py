@@ -63,3 +63,17 @@ def test_diagrams_draw(draw):
     fig.canvas.draw()
     assert fig.get_figwidth() == style.PAGE_WIDTH
     assert any(text.get_text() for text in fig.axes[0].texts)
+
+
+def test_plot_surfaces_draws_ternary_maps_on_one_colour_scale_with_one_colour_bar():
+    weights = lmc.simplex.simplex_grid(3, 4)
+    centre = weights.min(axis=1)  # 0 on the edges, largest in the middle
+
+    def surface(height):
+        return lmc.SimplexSurface(weights, 1.0 + height * centre, np.full(len(weights), 0.5))
+
+    fig = style.plot_surfaces({"high": surface(3.0), "low": surface(0.5)})
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["high", "low"] and len(fig.axes) == 3  # two panels, one colour bar
+    for ax in panels:  # the gaps: 0 at the vertices, 3 and 0.5 times the centre weight inside
+        assert ax.collections[0].get_clim() == pytest.approx((0.0, 3.0 * centre.max()))

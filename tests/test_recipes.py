@@ -148,3 +148,57 @@ def test_alignment_paths_start_at_a_and_end_at_b(config):
         for start, end in paths.values():
             assert torch.allclose(logits(start, x), logits(a, x), atol=1e-4)
             assert torch.allclose(logits(end, x), logits(b, x), atol=1e-4)
+
+
+def test_the_gpt2_config_repr_is_a_cache_key_that_shows_the_eps_only_when_it_is_not_the_default():
+    assert repr(lmc.book.GPTConfig()) == (
+        "GPTConfig(vocab_size=65, block_size=64, n_embd=32, n_layer=2, n_head=4, n_inner=128, dropout=0.1)"
+    )  # the key of every model cached before the eps was a field
+    changed = replace(lmc.book.GPTConfig(), layer_norm_epsilon=2e-5)
+    assert repr(changed).endswith("dropout=0.1, layer_norm_epsilon=2e-05)")
+    assert changed.build().transformer.ln_f.eps == 2e-5 and changed.build().config.layer_norm_epsilon == 2e-5
+
+
+@pytest.mark.parametrize("divisor", [2, 4])
+def test_a_narrowed_gpt2_lifts_exactly_onto_the_architecture_of_the_recipe(divisor):
+    recipe = lmc.book.RECIPES["gpt2-shakespeare"]["ci"]
+    narrow_recipe = lmc.book.narrowed(recipe, divisor)
+    small, big = narrow_recipe.model, recipe.model
+    assert (small.n_embd, small.n_inner, small.n_head) == (big.n_embd // divisor, big.n_inner // divisor, big.n_head)
+    assert small.layer_norm_epsilon == big.layer_norm_epsilon * divisor
+    assert narrow_recipe.training == recipe.training and narrow_recipe.dataset == recipe.dataset
+    torch.manual_seed(0)
+    narrow, wide = (lmc.canonicalize(config.build().eval()) for config in (small, big))
+    lifted = lmc.lift(narrow, {"residual": big.n_embd, "mlp": big.n_inner}, generator=torch.Generator().manual_seed(0))
+    lmc.alignment.check_pair(wide, lifted)  # one architecture: the eps too
+    x = example_input(small)
+    assert torch.allclose(logits(lifted, x), logits(narrow, x), atol=1e-5)
+    assert lmc.book.narrowed(recipe, 1) == recipe
+
+
+def test_narrowed_refuses_what_it_cannot_make():
+    recipe = lmc.book.RECIPES["gpt2-shakespeare"]["ci"]  # n_embd 32, n_inner 128, 4 heads
+    with pytest.raises(TypeError, match="needs a GPT-2 recipe"):
+        lmc.book.narrowed(lmc.book.RECIPES["vit-mnist"]["ci"], 2)
+    with pytest.raises(ValueError, match="1/3 of n_embd=32 and n_inner=128 is not a whole width"):
+        lmc.book.narrowed(recipe, 3)
+    with pytest.raises(ValueError, match="that n_head=4 heads divide"):
+        lmc.book.narrowed(recipe, 16)
+    for wrong in (0, True, 2.0):
+        with pytest.raises(ValueError, match="divisor must be a positive integer"):
+            lmc.book.narrowed(recipe, wrong)
+
+
+def test_trained_models_trains_one_model_per_seed_and_shares_the_cache_with_trained_pair(shared_root, tmp_path):
+    recipe = tiny("gpt2-shakespeare")
+    run = lmc.book.trained_models(recipe, seeds=(0, 1, 2), root=shared_root, cache=tmp_path)
+    assert len(run.models) == 3 and run.seeds == (0, 1, 2) and run.recipe is recipe
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+    assert not any(model.training for model in run.models)
+    pair = lmc.book.trained_pair(recipe, seeds=(0, 2), root=shared_root, cache=tmp_path)
+    assert same_state(pair.a, run.models[0]) and same_state(pair.b, run.models[2])
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3  # loaded, not trained again
+    with pytest.raises(ValueError, match="seeds must be two seeds"):
+        lmc.book.trained_pair(recipe, seeds=(0, 1, 2), root=shared_root, cache=tmp_path)
+    with pytest.raises(ValueError, match="seeds must be a non-empty sequence of integers"):
+        lmc.book.trained_models(recipe, seeds=(), root=shared_root, cache=tmp_path)

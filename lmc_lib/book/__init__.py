@@ -13,13 +13,14 @@ Chapters import these explicitly; they are not part of the library's top level. 
 
 from . import paper, results
 from .recipes import (
-    ALIGNMENT_CLASSES, PAPER_BARRIERS, RECIPES, GPTConfig, Recipe, TrainedPair, ViTConfig, alignment_paths,
-    compare_with_paper, recipe, trained_pair,
+    ALIGNMENT_CLASSES, PAPER_BARRIERS, RECIPES, GPTConfig, Recipe, TrainedModels, TrainedPair, ViTConfig,
+    alignment_paths, compare_with_paper, narrowed, recipe, trained_models, trained_pair,
 )
 from .report import Table, barrier_table
 
 __all__ = [
-    "ViTConfig", "GPTConfig", "Recipe", "RECIPES", "recipe", "TrainedPair", "trained_pair",
+    "ViTConfig", "GPTConfig", "Recipe", "RECIPES", "recipe", "TrainedPair", "trained_pair", "TrainedModels",
+    "trained_models", "narrowed",
     "ALIGNMENT_CLASSES", "alignment_paths", "PAPER_BARRIERS", "compare_with_paper", "Table", "barrier_table",
     "paper", "results",
 ]

@@ -5,14 +5,16 @@ optimiser (:class:`~lmc_lib.training.TrainConfig`) and how much data to use. ``R
 holds the named ones: names "vit-mnist", "vit-cifar10", "gpt2-shakespeare"; scales "ci" (about a
 minute on two CPU cores), "book" (a few minutes) and "paper" (the paper's settings, for a GPU).
 :func:`trained_pair` trains two models that differ only in their seed (cached on disk by
-``lmc.train``) and returns them in eval mode with the batches the chapters evaluate on.
+``lmc.train``) and returns them in eval mode with the batches the chapters evaluate on;
+:func:`trained_models` does the same for any number of seeds. :func:`narrowed` makes a GPT-2
+recipe narrower, for aligning models of different widths.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor, nn
@@ -26,8 +28,8 @@ from .report import Table
 from ..training import TrainConfig, train
 
 __all__ = [
-    "ViTConfig", "GPTConfig", "Recipe", "TrainedPair", "RECIPES", "recipe", "trained_pair",
-    "ALIGNMENT_CLASSES", "alignment_paths", "PAPER_BARRIERS", "compare_with_paper",
+    "ViTConfig", "GPTConfig", "Recipe", "TrainedPair", "TrainedModels", "RECIPES", "recipe", "trained_pair",
+    "trained_models", "narrowed", "ALIGNMENT_CLASSES", "alignment_paths", "PAPER_BARRIERS", "compare_with_paper",
 ]
 
 Batches = list[tuple[Tensor, Tensor]]
@@ -71,7 +73,8 @@ class GPTConfig:
     """An HF GPT2LMHeadModel over characters: context ``block_size``, ``n_layer`` pre-norm blocks of
     width ``n_embd`` with ``n_head`` heads and ``n_inner`` gelu_new units; embedding and LM head untied.
 
-    ``dropout`` applies to the embeddings, attention weights and residual writes while training.
+    ``dropout`` applies to the embeddings, attention weights and residual writes while training;
+    ``layer_norm_epsilon`` is every LayerNorm's eps (:func:`narrowed` changes it).
     """
 
     vocab_size: int = 65
@@ -81,6 +84,13 @@ class GPTConfig:
     n_head: int = 4
     n_inner: int = 128
     dropout: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+
+    def __repr__(self) -> str:
+        # The repr is the cache key of trained models (lmc.train): the eps, added later, shows only when it is
+        # not the default, so that models cached before it existed keep their keys.
+        shown = [f for f in fields(self) if f.name != "layer_norm_epsilon" or self.layer_norm_epsilon != 1e-5]
+        return f"GPTConfig({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in shown)})"
 
     def build(self) -> nn.Module:
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -89,6 +99,7 @@ class GPTConfig:
             vocab_size=self.vocab_size, n_positions=self.block_size, n_embd=self.n_embd, n_layer=self.n_layer,
             n_head=self.n_head, n_inner=self.n_inner, activation_function="gelu_new",
             resid_pdrop=self.dropout, embd_pdrop=self.dropout, attn_pdrop=self.dropout,
+            layer_norm_epsilon=self.layer_norm_epsilon,
             tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,  # characters: no end-of-text token
         )
         return GPT2LMHeadModel(config)
@@ -157,6 +168,21 @@ class TrainedPair:
 
     def __iter__(self) -> Iterator:
         return iter((self.a, self.b, self.test_batches, self.train_batches))
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedModels:
+    """Models (eval mode) trained by one recipe, one per seed, with the data to compare them.
+
+    ``train_batches`` (the first ``recipe.n_statistics`` training examples) are for activation
+    statistics and learned alignments.
+    """
+
+    models: tuple[nn.Module, ...]
+    seeds: tuple[int, ...]
+    test_batches: Batches
+    train_batches: Batches
+    recipe: Recipe
 
 
 _ADAMW = TrainConfig(optimizer="adamw", lr=3e-4, weight_decay=1e-3, schedule="cosine")
@@ -258,6 +284,41 @@ def recipe(name: str, scale: str) -> Recipe:
     return RECIPES[name][scale]
 
 
+def trained_models(
+    name: str | Recipe,
+    scale: str = "ci",
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    root: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> TrainedModels:
+    """Train (or load from the cache) one model of a recipe per seed in ``seeds``; see :class:`TrainedModels`.
+
+    ``name`` is a key of :data:`RECIPES` (then ``scale`` picks the setting) or a :class:`Recipe`.
+    Data come from ``root`` (default $LMC_DATA_DIR), trained weights are cached under ``cache``
+    (default $LMC_CACHE_DIR), keyed by the architecture, data, training and seed, so a seed trained
+    for one call is loaded by the next. Training runs on ``device`` (default: CUDA when available),
+    and the models and batches come back there, the models in eval mode.
+    """
+    chosen = name if isinstance(name, Recipe) else recipe(name, scale)
+    seeds = tuple(seeds)
+    if not seeds or any(isinstance(seed, bool) or not isinstance(seed, int) for seed in seeds):
+        raise ValueError(f"trained_models: seeds must be a non-empty sequence of integers, got {seeds!r}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    train_data = chosen.data("train", root=root)
+    models = tuple(
+        train(chosen.model.build, train_data, chosen.training, seed=seed, cache_key=repr(chosen.model),
+              cache=cache, progress=progress, device=device).to(device).eval()
+        for seed in seeds
+    )
+    on_device = lambda batches: [(x.to(device), y.to(device)) for x, y in batches]  # noqa: E731
+    test_batches = on_device(chosen.data("test", root=root).batches(chosen.eval_batch_size))
+    train_batches = on_device(train_data.subset(chosen.n_statistics).batches(chosen.eval_batch_size))
+    return TrainedModels(models, seeds, test_batches, train_batches, chosen)
+
+
 def trained_pair(
     name: str | Recipe,
     scale: str = "ci",
@@ -268,25 +329,36 @@ def trained_pair(
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> TrainedPair:
-    """Train (or load from the cache) two models of one recipe from ``seeds``; see :class:`TrainedPair`.
+    """Train (or load from the cache) two models of one recipe from ``seeds``; see :class:`TrainedPair`
+    and :func:`trained_models`, whose arguments these are."""
+    if len(seeds) != 2:
+        raise ValueError(f"trained_pair: seeds must be two seeds, got {seeds!r}; trained_models takes any number")
+    trained = trained_models(name, scale, seeds=seeds, root=root, cache=cache, device=device, progress=progress)
+    return TrainedPair(*trained.models, trained.test_batches, trained.train_batches, trained.recipe)
 
-    ``name`` is a key of :data:`RECIPES` (then ``scale`` picks the setting) or a :class:`Recipe`.
-    Data come from ``root`` (default $LMC_DATA_DIR), trained weights are cached under ``cache``
-    (default $LMC_CACHE_DIR). Training runs on ``device`` (default: CUDA when available), and the
-    models and batches come back there, the models in eval mode: what follows runs on the same device.
+
+def narrowed(chosen: Recipe, divisor: int) -> Recipe:
+    """A GPT-2 recipe at 1 / ``divisor`` of its width, for aligning a narrow model to a wide one.
+
+    ``n_embd`` and ``n_inner`` are divided by ``divisor`` and ``n_head`` stays: :func:`lmc_lib.lift`
+    widens heads but never adds them, so the lifted model has as many heads as the wide one (and
+    ``n_head`` must still divide the narrow width). The eps of every norm is multiplied by
+    ``divisor``, because an exact lift to the wide width divides it by the same factor (the paper's
+    App. E): the lifted model then has the wide model's eps, and the two are one architecture with
+    nothing approximated. A power of two keeps the eps exact in floating point. Training and data
+    are the recipe's own.
     """
-    chosen = name if isinstance(name, Recipe) else recipe(name, scale)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    train_data = chosen.data("train", root=root)
-    a, b = (
-        train(chosen.model.build, train_data, chosen.training, seed=seed, cache_key=repr(chosen.model),
-              cache=cache, progress=progress, device=device).to(device).eval()
-        for seed in seeds
-    )
-    on_device = lambda batches: [(x.to(device), y.to(device)) for x, y in batches]  # noqa: E731
-    test_batches = on_device(chosen.data("test", root=root).batches(chosen.eval_batch_size))
-    train_batches = on_device(train_data.subset(chosen.n_statistics).batches(chosen.eval_batch_size))
-    return TrainedPair(a, b, test_batches, train_batches, chosen)
+    model = chosen.model
+    if not isinstance(model, GPTConfig):
+        raise TypeError(f"narrowed: needs a GPT-2 recipe (GPTConfig), got {type(model).__name__}")
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
+        raise ValueError(f"narrowed: divisor must be a positive integer, got {divisor!r}")
+    width, inner = model.n_embd // divisor, model.n_inner // divisor
+    if width * divisor != model.n_embd or inner * divisor != model.n_inner or width % model.n_head:
+        raise ValueError(f"narrowed: 1/{divisor} of n_embd={model.n_embd} and n_inner={model.n_inner} is not a "
+                         f"whole width that n_head={model.n_head} heads divide")
+    small = replace(model, n_embd=width, n_inner=inner, layer_norm_epsilon=model.layer_norm_epsilon * divisor)
+    return replace(chosen, model=small)
 
 
 _PERMUTED = {"residual": ("permutation",), "heads": ("permutation",), "mlp": ("permutation",)}

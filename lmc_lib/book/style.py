@@ -5,6 +5,7 @@
     fig = style.plot_curves(curves)               # loss and accuracy panels, one legend below them
     fig, ax = style.figure()                      # an empty one-panel figure of page width
     style.width_axis(ax, (32, 64, 128))           # log2 axis labelled with the widths themselves
+    fig = style.plot_surfaces(surfaces)           # ternary maps of three models, one colour scale
 
 Figures are drawn ``PAGE_WIDTH`` inches wide, the width of the book's text column, so that a
 font of ``FONT_SIZE`` points on the figure reads as that size on the page; the notebook shows them
@@ -24,10 +25,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from ..barrier import BarrierCurve
+from ..simplex import SimplexSurface
 
 __all__ = [
     "PAGE_WIDTH", "FONT_SIZE", "COLORS", "VANILLA", "use", "figure", "color_for", "legend_below",
-    "width_axis", "plot_curves",
+    "width_axis", "plot_curves", "plot_surfaces",
 ]
 
 #: Width in inches of a figure that fills the book's text column (about 700 CSS pixels).
@@ -133,4 +135,30 @@ def plot_curves(
     if chord:
         axes[0][0].plot([], [], ":", color="black", linewidth=1.2, label="chord")
     legend_below(fig)
+    return fig
+
+
+def plot_surfaces(
+    surfaces: Mapping[str, SimplexSurface],
+    *,
+    metric: str = "gap",
+    labels: Sequence[str] = ("A", "B", "C"),
+    height: float = 2.8,
+) -> Figure:
+    """Ternary maps of three models' surfaces side by side, one panel per entry (titled by its key), on one
+    colour scale with one colour bar, so that a flatter surface looks flatter (``SimplexSurface.plot``
+    draws each panel; ``metric`` and ``labels`` are its)."""
+    fig, axes = figure(len(surfaces), height=height, squeeze=False)
+    shaded = []
+    for ax, (title, surface) in zip(axes[0], surfaces.items()):
+        surface.plot(ax, metric=metric, labels=labels)
+        ax.set_title(title)
+        shaded.append(ax.collections[0])  # the heat map: plot() draws it first
+        shaded[-1].colorbar.remove()  # one colour bar for all panels, below
+    low = min(float(mesh.get_array().min()) for mesh in shaded)
+    high = max(float(mesh.get_array().max()) for mesh in shaded)
+    for mesh in shaded:
+        mesh.set_clim(low, high)
+    names = {"loss": "test loss", "gap": "loss gap $B_\\lambda$", "accuracy": "test accuracy"}
+    fig.colorbar(shaded[0], ax=axes[0].tolist(), label=names[metric], shrink=0.8)
     return fig
