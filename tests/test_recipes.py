@@ -109,6 +109,22 @@ def test_trained_pair_trains_two_seeds_then_loads_them_from_the_cache(name, shar
     assert again.recipe is recipe
 
 
+def test_a_recipe_with_patience_stops_early_on_the_validation_split(shared_root, tmp_path, monkeypatch):
+    """The paper's GPT-2 recipes stop early; trained_models hands train() Tiny Shakespeare's "val" split."""
+    assert lmc.book.recipe("gpt2-shakespeare-bpe", "paper").training.patience is not None
+    recipe = tiny("gpt2-shakespeare")
+    recipe = replace(recipe, training=replace(recipe.training, epochs=3, patience=1))
+    seen = []
+    fit = training._fit
+    monkeypatch.setattr(training, "_fit", lambda *args: seen.append(args[-1]) or fit(*args))
+    lmc.book.trained_models(recipe, seeds=(0,), root=shared_root, cache=tmp_path)
+    validation = seen[0]
+    expected, _ = lmc.tiny_shakespeare("val", block_size=recipe.model.block_size, root=shared_root)
+    assert len(validation) == recipe.n_test and torch.equal(validation.inputs, expected.inputs[: recipe.n_test])
+    with pytest.raises(ValueError, match="early stopping \\(patience\\) needs a validation split, which 'mnist'"):
+        lmc.book.Recipe(lmc.book.ViTConfig(), lmc.TrainConfig(patience=2), "mnist")
+
+
 def test_a_vocabulary_that_does_not_fit_is_refused(shared_root):
     recipe = replace(tiny("gpt2-shakespeare"), model=replace(lmc.book.GPTConfig(), vocab_size=50))
     with pytest.raises(ValueError, match=r"vocab_size is 50 but Tiny Shakespeare has 65 tokens \(chars\)"):

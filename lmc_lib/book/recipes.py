@@ -125,9 +125,13 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.dataset not in _LOADERS:
             raise ValueError(f"Recipe: unknown dataset {self.dataset!r}; expected one of {sorted(_LOADERS)}")
+        if self.training.patience is not None and not self.dataset.startswith("tiny_shakespeare"):
+            raise ValueError(f"Recipe: early stopping (patience) needs a validation split, which {self.dataset!r} "
+                             "does not have here")
 
     def data(self, split: str, *, root: str | os.PathLike | None = None) -> TensorData:
-        """The "train" or "test" split, cut to its size, read from ``root`` (default: ``lmc.data_root()``)."""
+        """The "train", "val" (Tiny Shakespeare only) or "test" split, cut to its size (``n_train``, or
+        ``n_test`` for the others), read from ``root`` (default: ``lmc.data_root()``)."""
         data = _LOADERS[self.dataset](split, self.model, root)
         size = self.n_train if split == "train" else self.n_test
         return data if size is None else data.subset(size)
@@ -237,8 +241,8 @@ RECIPES: dict[str, dict[str, Recipe]] = {
         "paper": Recipe(
             GPTConfig(block_size=256, n_embd=256, n_layer=6, n_head=4, n_inner=1024, dropout=0.1),
             TrainConfig(
-                epochs=10, batch_size=32, lr=3e-4, optimizer="adamw", weight_decay=0.01, warmup_steps=60
-            ),  # 5% of 10 epochs of 123 steps
+                epochs=10, batch_size=32, lr=3e-4, optimizer="adamw", weight_decay=0.01, warmup_steps=60, patience=3
+            ),  # 5% of 10 epochs of 123 steps; early stopping on the validation split
             "tiny_shakespeare",
             n_statistics=500,
             eval_batch_size=50,
@@ -264,10 +268,11 @@ RECIPES: dict[str, dict[str, Recipe]] = {
             n_statistics=200,
             eval_batch_size=50,
         ),
-        #: the paper's setting (App. B), with a fixed number of epochs in place of early stopping
+        #: the paper's setting (App. B): at most 20 epochs, early stopping on the validation split
         "paper": Recipe(
             GPTConfig(vocab_size=50257, block_size=256, n_embd=256, n_layer=6, n_head=4, n_inner=1024, dropout=0.1),
-            TrainConfig(epochs=20, batch_size=32, lr=3e-4, optimizer="adamw", weight_decay=0.01, warmup_steps=37),
+            TrainConfig(epochs=20, batch_size=32, lr=3e-4, optimizer="adamw", weight_decay=0.01, warmup_steps=37,
+                        patience=3),
             "tiny_shakespeare_bpe",
             n_statistics=200,
             eval_batch_size=16,
@@ -308,9 +313,11 @@ def trained_models(
         raise ValueError(f"trained_models: seeds must be a non-empty sequence of integers, got {seeds!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_data = chosen.data("train", root=root)
+    # early stopping (TrainConfig.patience) reads the validation split, which only Tiny Shakespeare has
+    validation = chosen.data("val", root=root) if chosen.training.patience is not None else None
     models = tuple(
         train(chosen.model.build, train_data, chosen.training, seed=seed, cache_key=repr(chosen.model),
-              cache=cache, progress=progress, device=device).to(device).eval()
+              cache=cache, progress=progress, device=device, validation=validation).to(device).eval()
         for seed in seeds
     )
     on_device = lambda batches: [(x.to(device), y.to(device)) for x, y in batches]  # noqa: E731
