@@ -8,7 +8,9 @@
    rounds are the difference to the 5-round run. Peak memory is the process's resident high-water
    mark (VmHWM) during the matching, models included, reset before it (after handing the memory
    freed while building the models back to the system). The machine's load, one 3072 x 3072
-   assignment and a float32 matrix product are timed too, to compare machines.
+   assignment and a float32 matrix product are timed too, to compare machines; the ratio of the
+   matching time to its 12 x rounds MLP assignments on one core says how close it is to the floor
+   that the assignments set (on two cores they run two at a time, beside the score products).
 2. ``lmc.barrier`` of chapter 8's pair (its GPT-2 at book scale: 3 layers, width 64, context 64;
    and at paper scale: 6 layers, width 256, 4 heads, MLP 1024, context 256; random weights) over
    K = 11 lambdas on the test split of Tiny Shakespeare, stacked (vmap) against one interpolated
@@ -35,7 +37,9 @@ from scipy.optimize import linear_sum_assignment
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lmc_lib as lmc
+from lmc_lib.book import results
 from lmc_lib.book.recipes import RECIPES
+from timing import FOLDER
 
 PAPER_CLASSES = {"residual": ("orthogonal",), "heads": ("permutation",), "mlp": ("permutation",)}
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_inner=3072, vocab_size=50257, n_positions=1024)
@@ -69,16 +73,17 @@ def timed(run):
     return result, time.perf_counter() - start
 
 
-def machine() -> str:
+def machine() -> dict:
     """Load average, one 3072 x 3072 assignment and the float32 matrix-product rate of this machine, now."""
     score = np.random.default_rng(0).standard_normal((3072, 3072))
     _, assignment = timed(lambda: linear_sum_assignment(score, maximize=True))
     x = torch.randn(3072, 1536)
     _, product = timed(lambda: x @ x.T)
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    rate = 2 * 3072**2 * 1536 / product / 1e9
-    return (f"load average {load}; one 3072 x 3072 assignment {assignment:.2f} s; "
-            f"float32 matrix products {rate:.0f} GFLOP/s")
+    found = {"load average": ", ".join(f"{v:.1f}" for v in os.getloadavg()),
+             "one 3072 x 3072 assignment (s)": round(assignment, 3),
+             "float32 matrix products (GFLOP/s)": round(2 * 3072**2 * 1536 / product / 1e9)}
+    print("; ".join(f"{key} {value}" for key, value in found.items()))
+    return found
 
 
 def synchronize(device: torch.device) -> None:
@@ -86,7 +91,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def weight_matching_speed(rounds: int, dtype: torch.dtype, device: torch.device) -> None:
+def weight_matching_speed(rounds: int, dtype: torch.dtype, device: torch.device, assignment: float) -> dict:
+    """The row of weight matching; ``assignment``: seconds of one 3072 x 3072 assignment on this machine, the
+    unit of the floor (the 12 MLP spaces' assignments of every round, on one core)."""
     a, b = gpt2(GPT2_SMALL, 0), gpt2(GPT2_SMALL, 1)
     params = sum(p.numel() for p in a.parameters())
     print(f"GPT-2 small shape: {params / 1e6:.1f}M parameters per model, scores in {dtype} on {device}")
@@ -112,9 +119,13 @@ def weight_matching_speed(rounds: int, dtype: torch.dtype, device: torch.device)
     )
     print("objective after each round:", ", ".join(f"{h:.4g}" for h in alignment.history))
     assert first.history[0] == alignment.history[0], "round 1 differs between the two runs"
+    floor = len(alignment.history) * GPT2_SMALL["n_layer"] * assignment
+    return {"rounds": len(alignment.history), "seconds": round(total, 1), "round 1 (s)": round(first_seconds, 1),
+            "later rounds (s each)": round(later, 1), "time / its MLP assignments on one core": round(total / floor, 2),
+            "peak resident (GiB)": round(peak, 2), "models alone (GiB)": round(resident, 2)}
 
 
-def barrier_speed(scale: str, lambdas: int, batch_size: int, windows: int | None, device: torch.device) -> None:
+def barrier_speed(scale: str, lambdas: int, batch_size: int, windows: int | None, device: torch.device) -> dict:
     config = RECIPES["gpt2-shakespeare"][scale].model
     test, vocabulary = lmc.tiny_shakespeare("test", block_size=config.block_size)
     test = test if windows is None else test.subset(windows)
@@ -141,6 +152,9 @@ def barrier_speed(scale: str, lambdas: int, batch_size: int, windows: int | None
           f"{config.block_size}), K = {lambdas}, {len(test)} test windows ({test.targets.numel()} tokens), batches of "
           f"{batch_size}: vmap {fast:.2f} s, loop {slow:.2f} s, loop / vmap {slow / fast:.2f}; auto picks "
           f"{lmc.barrier_strategy(a, device)}; max |loss difference| {error:.1e}")
+    return {"scale": scale, "model": f"{config.n_layer} layers, width {config.n_embd}, context {config.block_size}",
+            "test windows": len(test), "K": lambdas, "loop / vmap": round(slow / fast, 2),
+            "auto": lmc.barrier_strategy(a, device), "vmap (s)": round(fast, 2), "loop (s)": round(slow, 2)}
 
 
 def main() -> None:
@@ -162,12 +176,19 @@ def main() -> None:
     device = torch.device(args.device)
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"torch {torch.__version__}, {args.threads} threads, {cpu}, {os.cpu_count()} CPUs{gpu}")
-    print(machine())
+    calibration = machine()
+    tables = {"this machine when the benchmark ran": [calibration]}
     if args.skip != "matching":
-        weight_matching_speed(args.rounds, getattr(torch, args.dtype), device)
+        row = weight_matching_speed(args.rounds, getattr(torch, args.dtype), device,
+                                    calibration["one 3072 x 3072 assignment (s)"])
+        tables["weight matching, two GPT-2-small-shaped models, paper classes"] = [row]
     if args.skip != "barrier":
-        for scale in args.scales:
-            barrier_speed(scale, args.lambdas, args.batch_size, args.windows, device)
+        tables["barrier of chapter 8's GPT-2 (characters), stacked and looped"] = [
+            barrier_speed(scale, args.lambdas, args.batch_size, args.windows, device) for scale in args.scales]
+    settings = {"threads": args.threads, "rounds": args.rounds, "score dtype": args.dtype, "device": args.device,
+                "weights": "random", "batch size": args.batch_size}
+    path = results.record(f"alignment_speed-{device.type}", tables, settings=settings, folder=FOLDER, device=device)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
