@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "gpt2_tokenizer",    "token_counts", "check_max_batches",
+    "gpt2_tokenizer", "token_counts", "check_max_batches",
     "TensorData", "data_root", "mnist", "cifar10", "digits", "mnist_loader", "tiny_shakespeare", "TINY_SHAKESPEARE_URL",
-    "check_batch", "checked_batches", "reusable",
+    "check_batch", "checked_batches", "reusable", "rebatched",
 ]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -121,6 +121,36 @@ def token_counts(data: Iterable[Batch], vocab_size: int) -> Tensor:
 def reusable(data: Iterable[Batch]) -> Iterable[Batch]:
     """``data`` itself when it can be read again; a one-shot iterator (a generator) read into a list."""
     return list(data) if isinstance(data, Iterator) else data
+
+
+def rebatched(data: Iterable[Batch], batch_size: int) -> list[Batch]:
+    """The examples of ``data``, in their order, cut into batches of ``batch_size`` (the last may hold fewer).
+
+    A step of learned matching costs what its batch costs: smaller batches make more, cheaper steps
+    from the same examples."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"rebatched: batch_size must be a positive integer, got {batch_size!r}")
+    batches: list[Batch] = []
+    held: list[Batch] = []  # pieces of the batch being filled
+    count = 0
+    for x, y in checked_batches(data):
+        start = 0
+        while start < len(x):
+            piece = (x[start:start + batch_size - count], y[start:start + batch_size - count])
+            held.append(piece)
+            count, start = count + len(piece[0]), start + len(piece[0])
+            if count == batch_size:
+                batches.append(_joined(held))
+                held, count = [], 0
+    if held:
+        batches.append(_joined(held))
+    return batches
+
+
+def _joined(pieces: list[Batch]) -> Batch:
+    if len(pieces) == 1:
+        return pieces[0]
+    return torch.cat([x for x, _ in pieces]), torch.cat([y for _, y in pieces])
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:

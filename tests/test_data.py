@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lmc_lib as lmc
-from lmc_lib.data import MNIST_MEAN, MNIST_STD, check_batch, checked_batches, reusable
+from lmc_lib.data import MNIST_MEAN, MNIST_STD, check_batch, checked_batches, rebatched, reusable
 
 #: the offline data folder: $LMC_DATA_DIR, else ../shared/data beside the repository (CI has it)
 SHARED = Path(os.environ.get("LMC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -237,6 +237,20 @@ def test_reusable_reads_one_shot_iterators_only():
     for one_shot in ((b for b in batches), iter(batches), iter(loader)):
         again = reusable(one_shot)
         assert isinstance(again, list) and len(again) == 2 and len(list(again)) == 2
+
+
+def test_rebatched_keeps_every_example_in_order():
+    x, y = torch.arange(23.0).view(23, 1), torch.arange(23)
+    batches = [(x[:5], y[:5]), (x[5:6], y[5:6]), (x[6:], y[6:])]
+    for size in (1, 4, 5, 7, 23, 40):
+        again = rebatched(batches, size)
+        assert [len(b[0]) for b in again[:-1]] == [size] * (len(again) - 1) and 0 < len(again[-1][0]) <= size
+        assert torch.equal(torch.cat([b[0] for b in again]), x) and torch.equal(torch.cat([b[1] for b in again]), y)
+    for size in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="rebatched: batch_size must be a positive integer"):
+            rebatched(batches, size)
+    with pytest.raises(ValueError, match="data yielded no batches"):
+        rebatched([], 3)
 
 
 def _callers():
