@@ -5,12 +5,15 @@ exponential for the orthogonal residual), moves B's tensors through the differen
 core, interpolates (heads in circuit space: twice as wide), and back-propagates to the latents. A
 plain step is a forward and backward pass of one model and an Adam step on its parameters. Both are
 timed back to back in each round; the table shows the median ratio over the rounds and its range,
-re-projecting the assignments at every step and every 10 steps (``project_every``).
+re-projecting the assignments at every step and every 10 steps (``project_every``), and for
+Transformers with the heads interpolated as weights (``circuits=False``): circuit space doubles the
+width of every head, so the interpolated model itself costs more than either endpoint.
 
 A permutation's forward pass is an index (no matrix product), but its straight-through backward
 is the gradient of the dense product L W for every tensor the space touches: n^2 x (that tensor's
 other dimensions) multiply-adds per step, whatever the batch. For a 512-unit MLP layer that is
-more than the model's own forward and backward on 128 inputs; the ratio falls as batches grow.
+more than the model's own forward and backward on 128 inputs; the ratio falls as batches grow (the
+MLP is measured on 128 and 512 inputs).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/learned_speed.py --threads 2
 """
@@ -29,22 +32,23 @@ from lmc_lib.learned import _latents, _Path, train_step
 from timing import print_table, ratio, rounds, write
 
 
-def models(name: str) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor, str]:
-    """Two canonical models of one architecture (random weights: the cost does not depend on them) and a batch."""
+def models(name: str, batch: int) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor, str]:
+    """Two canonical models of one architecture (random weights: the cost does not depend on them) and a batch
+    of ``batch`` inputs (images or windows)."""
     generator = torch.Generator().manual_seed(0)
     if name == "mlp":
         build = lambda: lmc.MLP(lmc.MLPConfig(784, (512, 512), 10))  # noqa: E731
-        x, y = torch.randn(128, 784, generator=generator), torch.randint(0, 10, (128,), generator=generator)
+        x, y = torch.randn(batch, 784, generator=generator), torch.randint(0, 10, (batch,), generator=generator)
         classes = "permutations"
     else:
         config = RECIPES[name]["book"].model
         build = config.build
         if name.startswith("vit"):
-            x = torch.randn(128, config.in_channels, config.image_size, config.image_size, generator=generator)
-            y = torch.randint(0, config.num_classes, (128,), generator=generator)
+            x = torch.randn(batch, config.in_channels, config.image_size, config.image_size, generator=generator)
+            y = torch.randint(0, config.num_classes, (batch,), generator=generator)
         else:
-            x = torch.randint(0, config.vocab_size, (32, config.block_size), generator=generator)
-            y = torch.randint(0, config.vocab_size, (32, config.block_size), generator=generator)
+            x = torch.randint(0, config.vocab_size, (batch, config.block_size), generator=generator)
+            y = torch.randint(0, config.vocab_size, (batch, config.block_size), generator=generator)
         classes = "paper"
     pair = []
     for seed in (0, 1):
@@ -60,30 +64,39 @@ def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     optimizer.step()
 
 
-def measure(name: str, repeats: int, steps: int) -> dict:
-    """One row: learned steps (assignments re-solved every step or every 10) over plain steps."""
-    a, b, x, y, classes = models(name)
+def measure(name: str, batch: int, repeats: int, steps: int) -> dict:
+    """One row: learned steps (assignments re-solved every step or every 10; heads as weights) over plain steps."""
+    a, b, x, y, classes = models(name, batch)
     plain_optimizer = torch.optim.Adam(a.parameters(), lr=1e-4)
-    path = _Path(a, b, circuits=lmc.family.family_of(a).widen_heads is not None)
-    kinds = lmc.alignment.resolve_classes(path.spec, classes, ("permutation", "orthogonal"), caller="benchmark")
-    latents = _latents(path.spec, kinds, torch.device("cpu"))
-    optimizer = torch.optim.Adam([latent.tensor for latent in latents.values()], lr=1e-3)
+    widens = lmc.family.family_of(a).widen_heads is not None
     counter = iter(range(10**9))
 
-    def learned(every: int) -> None:
-        for _ in range(steps):
-            train_step(path, {"b": latents}, optimizer, x, y, 0.5, reassign=next(counter) % every == 0,
-                       loss_fn=cross_entropy)
+    def learner(circuits: bool, every: int):
+        path = _Path(a, b, circuits=circuits)
+        kinds = lmc.alignment.resolve_classes(path.spec, classes, ("permutation", "orthogonal"), caller="benchmark")
+        latents = _latents(path.spec, kinds, torch.device("cpu"))
+        optimizer = torch.optim.Adam([latent.tensor for latent in latents.values()], lr=1e-3)
+
+        def learned() -> None:
+            for _ in range(steps):
+                train_step(path, {"b": latents}, optimizer, x, y, 0.5, reassign=next(counter) % every == 0,
+                           loss_fn=cross_entropy)
+        return learned
 
     def plain() -> None:
         for _ in range(steps):
             plain_step(a, plain_optimizer, x, y)
 
-    times = rounds({"plain": plain, "every 1": lambda: learned(1), "every 10": lambda: learned(10)}, repeats)
+    runs = {"plain": plain, "every 1": learner(widens, 1), "every 10": learner(widens, 10)}
+    if widens:
+        runs["weights"] = learner(False, 1)
+    times = rounds(runs, repeats)
     return {
         "model": name,
+        "batch": batch,
         "learned / plain step": ratio(times["every 1"], times["plain"]),
         "learned / plain, assignments every 10 steps": ratio(times["every 10"], times["plain"]),
+        "learned / plain, heads as weights": ratio(times["weights"], times["plain"]) if widens else "-",
         "plain step (ms)": ratio(times["plain"], [steps * 1e-3] * repeats),
     }
 
@@ -93,15 +106,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--models", nargs="+", default=["mlp", "vit-mnist", "gpt2-shakespeare-bpe"])
+    parser.add_argument("--models", nargs="+",
+                        default=["mlp:128", "mlp:512", "vit-mnist:128", "gpt2-shakespeare-bpe:32"],
+                        help="model:batch (MLP 784-512-512-10 or a book-scale recipe; images or windows)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [measure(name, args.repeats, args.steps) for name in args.models]
+    rows = [measure(name, int(batch), args.repeats, args.steps)
+            for name, batch in (entry.split(":") for entry in args.models)]
     title = f"one step, median (range) over {args.repeats} rounds of {args.steps} steps"
     print_table(title, rows)
     settings = {"threads": args.threads, "repeats": args.repeats, "steps": args.steps,
-                "batches": "MLP 784-512-512-10: 128 inputs; ViT, GPT-2 (book scale): 128 images, 32 windows",
-                "weights": "random"}
+                "models": "MLP 784-512-512-10; ViT and GPT-2 of the book scale", "weights": "random"}
     write("learned_speed-cpu", {title: rows}, settings)
 
 
