@@ -166,6 +166,12 @@ def _product_sum(pairs: list[tuple[Tensor, Tensor]], left: int, right: int, *, s
     return total
 
 
+def _is_identity(t: Transform) -> bool:
+    if isinstance(t, Permutation):
+        return bool(torch.equal(t.indices, torch.arange(len(t.indices), device=t.indices.device)))
+    return bool(torch.equal(t.matrix, torch.eye(t.size_in, dtype=t.matrix.dtype)))
+
+
 class _WeightState:
     """A's tensors and B' = transform_state(B, transforms) for every tensor a matched space reads.
 
@@ -318,6 +324,11 @@ class _WeightState:
         if self.later[name]:
             self._reapply(params)
             return
+        self._move(name, delta, params)
+
+    def _move(self, name: str, delta: Transform, params: set[str]) -> None:
+        """Apply ``delta`` to the space's axes of ``params`` in B'."""
+        space = self.spec.spaces[name]
         write = delta if isinstance(delta, Permutation) else delta.matrix
         read = delta if isinstance(delta, Permutation) else delta.read_matrix.T
         for matrix, axes in ((write, space.writes), (read, space.reads)):
@@ -336,8 +347,11 @@ class _WeightState:
 
         J = -1/2 sum_p ||A_p - B'_p||^2 + sum over matched heads spaces of their circuit values; ``own``
         is the change of the space's own part of J, the rest is measured around the step. B' is moved
-        in place, one tensor at a time, and a refused step is undone from raw B.
+        in place, one tensor at a time; a refused permutation is moved back, any other refused step
+        is undone from raw B.
         """
+        if not force and _is_identity(delta):  # J unchanged: refused, without moving and restoring B'
+            return None
         before = self._terms(name)
         previous = self.transforms[name]
         self._apply_step(name, delta)
@@ -345,7 +359,11 @@ class _WeightState:
         if force or gain > threshold:
             return gain
         self.transforms[name] = previous
-        self._reapply({a.param for a in self.spec.spaces[name].axes} & self.b.keys())
+        params = {a.param for a in self.spec.spaces[name].axes} & self.b.keys()
+        if isinstance(delta, Permutation) and not self.later[name]:
+            self._move(name, delta.inverse(), params)  # exact: entries moved back, not recomputed
+        else:
+            self._reapply(params)
         return None
 
     def step(self, name: str, delta: Transform) -> None:

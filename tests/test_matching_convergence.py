@@ -121,3 +121,17 @@ def test_reported_gain_is_the_objective_of_the_aligned_model(family):
     heads = [n for n in alignment.transforms if n.endswith(".heads")]
     measured = objective(a, alignment.apply(b), heads) - objective(a, b, heads)
     assert alignment.history[-1] == pytest.approx(measured, rel=1e-4)
+
+
+@pytest.mark.parametrize("space", ["transformer.h.0.attn.heads", "transformer.h.1.mlp"])
+def test_a_refused_permutation_leaves_the_aligned_tensors_as_they_were(space):
+    a, b = pair("gpt2", True, seed=0)
+    spec = lmc.spec_for(a)
+    kinds = lmc.alignment.resolve_classes(spec, "paper", ("permutation", "orthogonal"), caller="test")
+    state = matching._WeightState(spec, kinds, a.state_dict(), b.state_dict(), torch.float64)
+    before = {k: v.clone() for k, v in state.b.items()}
+    delta = lmc.Permutation.random(spec.spaces[space].size, torch.Generator().manual_seed(0))
+    assert state.try_step(space, delta, own=-1.0, threshold=float("inf"), force=False) is None
+    assert all(torch.equal(state.b[k], before[k]) for k in before)
+    assert state.try_step(space, lmc.Permutation.identity(spec.spaces[space].size), own=0.0, threshold=0.0,
+                          force=False) is None
