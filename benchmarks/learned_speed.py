@@ -15,12 +15,18 @@ other dimensions) multiply-adds per step, whatever the batch. For a 512-unit MLP
 more than the model's own forward and backward on 128 inputs; the ratio falls as batches grow (the
 MLP is measured on 128 and 512 inputs).
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/learned_speed.py --threads 2
+A second table follows chapter 9's pairs (trained at book scale, or read from the cache) from weight
+matching: the test-loss barrier after 25, 50 and 100 steps of learned matching (orthogonal residual
+and permutations, the chapter's batches and learning rate) and the wall time of those steps. A run
+of n steps is the first n steps of a longer one (same seed), so the rows are one run's checkpoints.
+
+    OMP_WAIT_POLICY=PASSIVE LMC_DATA_DIR=../shared/data python benchmarks/learned_speed.py --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from torch import nn
@@ -101,6 +107,32 @@ def measure(name: str, batch: int, repeats: int, steps: int) -> dict:
     }
 
 
+#: chapter 9's learning batches: the ViT's statistics batches (500 images), GPT-2's cut into 10 windows
+LEARNING_BATCH = {"vit-mnist": None, "gpt2-shakespeare-bpe": 10}
+
+
+def convergence(name: str, checkpoints: tuple[int, ...]) -> list[dict]:
+    """The barrier of a book-scale pair after weight matching and after each number of learned steps."""
+    pair = lmc.book.trained_pair(name, "book")
+    a, b = lmc.canonicalize(pair.a), lmc.canonicalize(pair.b)
+    size = LEARNING_BATCH[name]
+    batches = pair.train_batches if size is None else lmc.data.rebatched(pair.train_batches, size)
+    weight = lmc.weight_matching(a, b, classes="paper")
+
+    def barrier(alignment: lmc.Alignment) -> float:
+        curve = lmc.barrier(*lmc.circuit_pair(a, alignment.apply(b)), pair.test_batches, progress=False)
+        return round(curve.barrier, 4)
+
+    rows = [{"pair": name, "learned steps": 0, "learning (s)": 0.0, "test-loss barrier": barrier(weight)}]
+    for steps in checkpoints:
+        start = time.perf_counter()
+        learned = lmc.learned_matching(a, b, batches, init=weight, classes="paper", steps=steps, lr=0.01)
+        rows.append({"pair": name, "learned steps": steps, "learning (s)": round(time.perf_counter() - start, 1),
+                     "test-loss barrier": barrier(learned)})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -109,15 +141,23 @@ def main() -> None:
     parser.add_argument("--models", nargs="+",
                         default=["mlp:128", "mlp:512", "vit-mnist:128", "gpt2-shakespeare-bpe:32"],
                         help="model:batch (MLP 784-512-512-10 or a book-scale recipe; images or windows)")
+    parser.add_argument("--checkpoints", type=int, nargs="*", default=[25, 50, 100],
+                        help="learned steps after which chapter 9's pairs are measured (none: skip that table)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [measure(name, int(batch), args.repeats, args.steps)
             for name, batch in (entry.split(":") for entry in args.models)]
     title = f"one step, median (range) over {args.repeats} rounds of {args.steps} steps"
     print_table(title, rows)
+    tables = {title: rows}
+    if args.checkpoints:
+        reached = "chapter 9's pairs (book scale, trained): the barrier after weight matching and learned steps"
+        tables[reached] = [row for name in LEARNING_BATCH for row in convergence(name, tuple(args.checkpoints))]
+        print_table(reached, tables[reached])
     settings = {"threads": args.threads, "repeats": args.repeats, "steps": args.steps,
-                "models": "MLP 784-512-512-10; ViT and GPT-2 of the book scale", "weights": "random"}
-    write("learned_speed-cpu", {title: rows}, settings)
+                "models": "MLP 784-512-512-10; ViT and GPT-2 of the book scale",
+                "weights": "random (step times); trained (barriers)"}
+    write("learned_speed-cpu", tables, settings)
 
 
 if __name__ == "__main__":
