@@ -24,7 +24,10 @@ from torch import Tensor, nn
 
 from .evaluation import LossFn, cross_entropy, evaluate_mixtures, mixture_weights
 
-__all__ = ["SimplexSurface", "simplex_barrier", "simplex_grid"]
+__all__ = ["SimplexSurface", "simplex_barrier", "simplex_grid", "METRIC_LABELS"]
+
+#: the colour-bar label of each metric a surface plots
+METRIC_LABELS = {"loss": "test loss", "gap": "loss gap $B_\\lambda$", "accuracy": "test accuracy"}
 
 
 def _compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
@@ -86,19 +89,26 @@ class SimplexSurface:
         """max_l (sum_m l_m acc(theta_m) - acc(theta_l)): the accuracy lost by mixing."""
         return float((self.weights @ self._at_vertices(self.accuracies) - self.accuracies).max())
 
-    def plot(self, ax=None, *, metric: str = "loss", labels: Sequence[str] = ("A", "B", "C"), cmap: str = "viridis"):
+    def values(self, metric: str) -> np.ndarray:
+        """The surface's ``metric`` at every point: "loss", "gap" (B_l) or "accuracy"."""
+        values = {"loss": self.losses, "gap": self.loss_gaps, "accuracy": self.accuracies}
+        if metric not in values:
+            raise ValueError(f"metric must be one of {tuple(values)}, got {metric!r}")
+        return values[metric]
+
+    def plot(self, ax=None, *, metric: str = "loss", labels: Sequence[str] = ("A", "B", "C"), cmap: str = "viridis",
+             vmin: float | None = None, vmax: float | None = None, colorbar: bool = True):
         """A ternary heat map of three models' surface on ``ax`` (a new figure if None); returns the axes.
 
         ``metric``: "loss", "gap" (B_l, with its zero contour where it changes sign) or "accuracy".
         Vertex m of the triangle is model m, labelled ``labels[m]``; the point l sits at
-        l_1 (0, 0) + l_2 (1, 0) + l_3 (1/2, sqrt(3)/2).
+        l_1 (0, 0) + l_2 (1, 0) + l_3 (1/2, sqrt(3)/2). ``vmin`` and ``vmax`` fix the colour scale
+        (default: the surface's range), e.g. to share it between panels; ``colorbar`` draws its bar.
         """
         import matplotlib.pyplot as plt
         from matplotlib.tri import Triangulation
 
-        values = {"loss": self.losses, "gap": self.loss_gaps, "accuracy": self.accuracies}
-        if metric not in values:
-            raise ValueError(f"metric must be one of {tuple(values)}, got {metric!r}")
+        shown = self.values(metric)
         if self.weights.shape[1] != 3:
             raise ValueError(f"plot draws the ternary map of three models; this surface has {self.weights.shape[1]}")
         if len(labels) != 3:
@@ -107,7 +117,7 @@ class SimplexSurface:
         x, y = (self.weights @ corners).T
         triangulation = Triangulation(x, y)
         ax = plt.subplots(figsize=(5, 4.3))[1] if ax is None else ax
-        shaded = ax.tripcolor(triangulation, values[metric], shading="gouraud", cmap=cmap)
+        shaded = ax.tripcolor(triangulation, shown, shading="gouraud", cmap=cmap, vmin=vmin, vmax=vmax)
         gaps = self.loss_gaps
         if metric == "gap" and gaps.min() < 0 < gaps.max():
             ax.tricontour(triangulation, gaps, levels=[0.0], colors="k", linewidths=0.8)
@@ -115,8 +125,8 @@ class SimplexSurface:
         ax.scatter(x, y, s=3, color="k", alpha=0.4)
         for (cx, cy), label, shift in zip(corners, labels, ((-0.04, -0.05), (0.04, -0.05), (0.0, 0.04))):
             ax.text(cx + shift[0], cy + shift[1], label, ha="center", va="center")
-        names = {"loss": "test loss", "gap": "loss gap $B_\\lambda$", "accuracy": "test accuracy"}
-        ax.figure.colorbar(shaded, ax=ax, label=names[metric], shrink=0.8)
+        if colorbar:
+            ax.figure.colorbar(shaded, ax=ax, label=METRIC_LABELS[metric], shrink=0.8)
         ax.set_xlim(-0.1, 1.1)
         ax.set_ylim(-0.1, corners[2, 1] + 0.1)
         ax.set_aspect("equal")

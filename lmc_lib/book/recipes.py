@@ -70,8 +70,9 @@ class ViTConfig:
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """An HF GPT2LMHeadModel over characters: context ``block_size``, ``n_layer`` pre-norm blocks of
-    width ``n_embd`` with ``n_head`` heads and ``n_inner`` gelu_new units; embedding and LM head untied.
+    """An HF GPT2LMHeadModel over ``vocab_size`` tokens (65 characters, or GPT-2's 50,257 BPE tokens):
+    context ``block_size``, ``n_layer`` pre-norm blocks of width ``n_embd`` with ``n_head`` heads and
+    ``n_inner`` gelu_new units; embedding and LM head untied.
 
     ``dropout`` applies to the embeddings, attention weights and residual writes while training;
     ``layer_norm_epsilon`` is every LayerNorm's eps (:func:`narrowed` changes it).

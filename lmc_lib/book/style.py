@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from ..barrier import BarrierCurve
-from ..simplex import SimplexSurface
+from ..simplex import METRIC_LABELS, SimplexSurface
 
 __all__ = [
     "PAGE_WIDTH", "FONT_SIZE", "COLORS", "VANILLA", "use", "figure", "color_for", "legend_below",
@@ -149,16 +149,10 @@ def plot_surfaces(
     colour scale with one colour bar, so that a flatter surface looks flatter (``SimplexSurface.plot``
     draws each panel; ``metric`` and ``labels`` are its)."""
     fig, axes = figure(len(surfaces), height=height, squeeze=False)
-    shaded = []
+    low = min(float(surface.values(metric).min()) for surface in surfaces.values())
+    high = max(float(surface.values(metric).max()) for surface in surfaces.values())
     for ax, (title, surface) in zip(axes[0], surfaces.items()):
-        surface.plot(ax, metric=metric, labels=labels)
+        surface.plot(ax, metric=metric, labels=labels, vmin=low, vmax=high, colorbar=False)
         ax.set_title(title)
-        shaded.append(ax.collections[0])  # the heat map: plot() draws it first
-        shaded[-1].colorbar.remove()  # one colour bar for all panels, below
-    low = min(float(mesh.get_array().min()) for mesh in shaded)
-    high = max(float(mesh.get_array().max()) for mesh in shaded)
-    for mesh in shaded:
-        mesh.set_clim(low, high)
-    names = {"loss": "test loss", "gap": "loss gap $B_\\lambda$", "accuracy": "test accuracy"}
-    fig.colorbar(shaded[0], ax=axes[0].tolist(), label=names[metric], shrink=0.8)
+    fig.colorbar(axes[0][0].collections[0], ax=axes[0].tolist(), label=METRIC_LABELS[metric], shrink=0.8)
     return fig
