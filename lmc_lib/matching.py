@@ -221,6 +221,10 @@ class _WeightState:
                          for p in readers)  # a scale for the tolerance: no float64 copies of large tensors
         raw = {p: (self._scored(state_a[p]), self._scored(state_b[p])) for p in cached}
         self.cached = {n: self._sums(spec.spaces[n], lambda axis: axis.param in raw, raw.__getitem__) for n in kinds}
+        #: how many kept steps have changed each tensor of B', and those counts over a space's tensors
+        #: when it was last solved: a space none of whose tensors changed since needs no new solve
+        self.versions: dict[str, int] = {}
+        self.solved_at: dict[str, tuple[int, ...]] = {}
 
     def _scored(self, tensor: Tensor) -> Tensor:
         """``tensor`` in the score dtype, on its device (on the CPU where that has no float64: MPS)."""
@@ -268,6 +272,21 @@ class _WeightState:
     def anchored(self, name: str) -> bool:
         """True when the space is anchored and has tensors that only it reads to be solved from."""
         return self.spec.spaces[name].anchored and any(axis.param in self.only for axis in self.spec.spaces[name].axes)
+
+    def _versions(self, name: str) -> tuple[int, ...]:
+        return tuple(self.versions.get(p, 0) for p in sorted(self.spec.spaces[name].params))
+
+    def mark_solved(self, name: str) -> None:
+        """Record B' 's tensors of the space as they are after its step (kept or refused)."""
+        self.solved_at[name] = self._versions(name)
+
+    def unchanged(self, name: str) -> bool:
+        """True for a permutation or orthogonal space none of whose tensors a kept step has changed since
+        it was last solved: solving it again returns the identity (after a kept step its scores are
+        the old ones moved by that step, whose optimum is then the identity; Procrustes of C O^T with
+        O = polar(C) is the identity), so the sweep skips its scores and solver. An invertible fit
+        is not such a fixed point (its ridge is relative to B's Grams), so it is always solved."""
+        return self.kinds[name] != "invertible" and self.solved_at.get(name) == self._versions(name)
 
     def _circuit_score(self, space: Space) -> Tensor:
         """C[i, j] = sum over circuits of <L_A^i R_A^i^T, L_B'^j R_B'^j^T> from block x block Grams."""
@@ -354,12 +373,14 @@ class _WeightState:
             return None
         before = self._terms(name)
         previous = self.transforms[name]
+        params = {a.param for a in self.spec.spaces[name].axes} & self.b.keys()
         self._apply_step(name, delta)
         gain = own + self._terms(name) - before
         if force or gain > threshold:
+            for param in params:
+                self.versions[param] = self.versions.get(param, 0) + 1
             return gain
         self.transforms[name] = previous
-        params = {a.param for a in self.spec.spaces[name].axes} & self.b.keys()
         if isinstance(delta, Permutation) and not self.later[name]:
             self._move(name, delta.inverse(), params)  # exact: entries moved back, not recomputed
         else:
@@ -398,7 +419,8 @@ def weight_matching(
     head), as in the paper; these first steps are kept whatever they do to J, and so is an
     invertible map that B's writers prove (they are A's under it, whatever the readers, which the
     next space may not have aligned yet: this recovers a planted map of a chain of linear layers).
-    Later sweeps go in a seeded random order. It stops after ``max_iter``
+    Later sweeps go in a seeded random order and skip a permutation or orthogonal space none of
+    whose tensors changed since it was last solved (its solution would be the identity). It stops after ``max_iter``
     sweeps (default: the spec's ``rounds``, 5 for Transformers, as in the paper; else 100) or a
     sweep in which no step was kept. ``history`` holds J(aligned B) - J(B) after each sweep.
     ``classes`` is a preset of :data:`~lmc_lib.alignment.CLASS_PRESETS` ("paper": an orthogonal
@@ -438,6 +460,7 @@ def weight_matching(
             improved = False
             order = names if sweep == 0 else [names[i] for i in rng.permutation(len(names))]
             for stage in _stages(order, spec):
+                stage = [name for name in stage if not state.unchanged(name)]
                 solved = _solved(stage, state, pool, workers, limit, first=sweep == 0)
                 for name, stats, first_anchor, solution in solved:
                     delta = solution.step
@@ -447,6 +470,7 @@ def weight_matching(
                         continue
                     own = _objective(delta, stats) - _objective(identity(kinds[name], spec.spaces[name].size), stats)
                     step_gain = state.try_step(name, delta, own, threshold, force=first_anchor or solution.proven)
+                    state.mark_solved(name)
                     if step_gain is not None:
                         improved, gain = True, gain + step_gain
             history.append(gain)
