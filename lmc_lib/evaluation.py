@@ -186,14 +186,16 @@ def _probe(model: nn.Module, inputs: Tensor) -> Footprint:
         return footprint(model, inputs[:1])
 
 
-def _slice_rows(strategy: str, device: torch.device, cost: Footprint | None) -> int | None:
-    """Examples per slice of a batch for the loop on a CPU: as many as keep the largest activation under
-    :data:`SLICE_BYTES` (None: whole batches). Examples are independent in a family's models, so a
-    batch may be cut; the slices' activations stay in the caches and their memory is reused instead
-    of being mapped afresh (the logits of a 50,257-token vocabulary are 13 MB per 64-token window)."""
-    if strategy != "loop" or device.type != "cpu" or cost is None:
+def _slice_rows(strategy: str, device: torch.device, cost: Footprint | None, points: int) -> int | None:
+    """Examples per slice of a batch on a CPU: as many as keep the largest activation (of all ``points``
+    stacked, for "vmap") under :data:`SLICE_BYTES` (None: whole batches). Examples are independent
+    in a family's models, so a batch may be cut; the slices' activations stay in the caches and
+    their memory is reused instead of being mapped afresh (the logits of a 50,257-token vocabulary
+    are 13 MB per 64-token window; larger blocks are mapped from the system at every allocation)."""
+    if device.type != "cpu" or cost is None:
         return None
-    return max(1, SLICE_BYTES // max(cost.largest_output_bytes, 1))
+    stacked = points if strategy == "vmap" else 1
+    return max(1, SLICE_BYTES // max(stacked * cost.largest_output_bytes, 1))
 
 
 def barrier_strategy(model: nn.Module, device: torch.device | str, inputs: Tensor | None = None) -> str:
@@ -341,11 +343,11 @@ def evaluate_mixtures(
         endpoints = Endpoints(models, device, stem=refusal is None)
         strategy, cost = _resolve(strategy, refusal, device, inputs.to(device), endpoints.model, group)
         size = _chunk_size(endpoints, strategy == "vmap", cost, inputs.shape[0], memory_budget)
-        rows = _slice_rows(strategy, device, cost)
         mine = distributed.split_points(len(weights), group) if shard == "points" else range(len(weights))
         if shard == "data":
             size = distributed.agree_min(size, group)
         chunks = [range(i, min(i + size, mine.stop)) for i in range(mine.start, mine.stop, size)]
+        rows = _slice_rows(strategy, device, cost, max(map(len, chunks), default=1))
         runner = VmapRunner if strategy == "vmap" else LoopRunner
         where = device if device.type != "mps" else torch.device("cpu")
         totals = torch.zeros(len(weights), 3, dtype=torch.float64, device=where)

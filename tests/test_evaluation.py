@@ -16,6 +16,7 @@ import lmc_lib as lmc
 from contract import same_state
 from lmc_lib import evaluation
 from lmc_lib.evaluation import evaluate_mixtures, mix, mixture_weights
+from lmc_lib.points import Footprint
 from lmc_lib.scoring import first_argmax
 from strategies import build_mlp
 from test_barrier import classification_data, naive_curve
@@ -101,7 +102,7 @@ def test_three_endpoint_mixtures_equal_a_per_point_loop(family, options):
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sliced_batches_and_scoring_point_by_point_equal_a_per_point_loop(monkeypatch, family, strategy):
-    """One example per slice (the loop on a CPU cuts batches whose activations are large) and one
+    """One example per slice (both strategies cut batches whose activations are large on a CPU) and one
     point's logits scored at a time give the same numbers as whole batches scored together."""
     monkeypatch.setattr(evaluation, "SLICE_BYTES", 1)
     monkeypatch.setattr(evaluation, "SCORED_TOGETHER", 1)
@@ -110,6 +111,15 @@ def test_sliced_batches_and_scoring_point_by_point_equal_a_per_point_loop(monkey
     losses, accuracies = naive_mixtures(models, WEIGHTS, data)
     np.testing.assert_allclose(result.losses, losses, rtol=TOLERANCE, atol=TOLERANCE)
     np.testing.assert_allclose(result.accuracies, accuracies, rtol=0, atol=1e-12)
+
+
+def test_stacked_slices_keep_all_points_activations_under_the_slice_size():
+    cost = Footprint(activation_bytes=2**22, largest_output_bytes=2**20, multiply_adds=1, calls=1)
+    cpu = torch.device("cpu")
+    assert evaluation._slice_rows("loop", cpu, cost, points=8) == evaluation.SLICE_BYTES // 2**20
+    assert evaluation._slice_rows("vmap", cpu, cost, points=8) == evaluation.SLICE_BYTES // 2**23
+    assert evaluation._slice_rows("vmap", torch.device("meta"), cost, points=8) is None  # not a CPU: whole batches
+    assert evaluation._slice_rows("vmap", cpu, None, points=8) is None  # a model run as it is: whole batches
 
 
 class Counted(list):
