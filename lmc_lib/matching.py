@@ -420,9 +420,9 @@ def weight_matching(
     invertible map that B's writers prove (they are A's under it, whatever the readers, which the
     next space may not have aligned yet: this recovers a planted map of a chain of linear layers).
     Later sweeps go in a seeded random order and skip a permutation or orthogonal space none of
-    whose tensors changed since it was last solved (its solution would be the identity). It stops after ``max_iter``
-    sweeps (default: the spec's ``rounds``, 5 for Transformers, as in the paper; else 100) or a
-    sweep in which no step was kept. ``history`` holds J(aligned B) - J(B) after each sweep.
+    whose tensors changed since it was last solved (its solution would be the identity). It stops
+    after ``max_iter`` sweeps (default: the spec's ``rounds``, 5 for Transformers, as in the paper;
+    else 100) or a sweep in which no step was kept. ``history`` holds J(aligned B) - J(B) after each sweep.
     ``classes`` is a preset of :data:`~lmc_lib.alignment.CLASS_PRESETS` ("paper": an orthogonal
     residual and permutations of heads and MLP units, for models in canonical form;
     "permutations"), class names, or a mapping from space groups to them, e.g.
