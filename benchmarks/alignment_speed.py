@@ -28,7 +28,6 @@ import gc
 import os
 import platform
 import resource
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import lmc_lib as lmc
 from lmc_lib.book import results
 from lmc_lib.book.recipes import RECIPES
-from timing import FOLDER
+from timing import FOLDER, timed
 
 PAPER_CLASSES = {"residual": ("orthogonal",), "heads": ("permutation",), "mlp": ("permutation",)}
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, n_inner=3072, vocab_size=50257, n_positions=1024)
@@ -65,12 +64,6 @@ def reset_peak() -> None:
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the high-water mark
-
-
-def timed(run):
-    start = time.perf_counter()
-    result = run()
-    return result, time.perf_counter() - start
 
 
 def machine() -> dict:

@@ -21,12 +21,12 @@ and permutations, the chapter's batches and learning rate) and the wall time of 
 of n steps is the first n steps of a longer one (same seed), so the rows are one run's checkpoints.
 
     OMP_WAIT_POLICY=PASSIVE LMC_DATA_DIR=../shared/data python benchmarks/learned_speed.py --threads 2
+    LMC_DATA_DIR=../shared/data python benchmarks/learned_speed.py --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
@@ -35,12 +35,12 @@ import lmc_lib as lmc
 from lmc_lib.book.recipes import RECIPES
 from lmc_lib.evaluation import cross_entropy, logits_of
 from lmc_lib.learned import _latents, _Path, train_step
-from timing import print_table, ratio, rounds, write
+from timing import print_table, ratio, rounds, timed, write
 
 
-def models(name: str, batch: int) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor, str]:
+def models(name: str, batch: int, device: torch.device) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor, str]:
     """Two canonical models of one architecture (random weights: the cost does not depend on them) and a batch
-    of ``batch`` inputs (images or windows)."""
+    of ``batch`` inputs (images or windows), on ``device``."""
     generator = torch.Generator().manual_seed(0)
     if name == "mlp":
         build = lambda: lmc.MLP(lmc.MLPConfig(784, (512, 512), 10))  # noqa: E731
@@ -60,7 +60,7 @@ def models(name: str, batch: int) -> tuple[nn.Module, nn.Module, torch.Tensor, t
     for seed in (0, 1):
         torch.manual_seed(seed)
         pair.append(lmc.canonicalize(build().eval()) if classes == "paper" else build().eval())
-    return pair[0], pair[1], x, y, classes
+    return pair[0].to(device), pair[1].to(device), x.to(device), y.to(device), classes
 
 
 def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -70,9 +70,9 @@ def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     optimizer.step()
 
 
-def measure(name: str, batch: int, repeats: int, steps: int) -> dict:
+def measure(name: str, batch: int, repeats: int, steps: int, device: torch.device) -> dict:
     """One row: learned steps (assignments re-solved every step or every 10; heads as weights) over plain steps."""
-    a, b, x, y, classes = models(name, batch)
+    a, b, x, y, classes = models(name, batch, device)
     plain_optimizer = torch.optim.Adam(a.parameters(), lr=1e-4)
     widens = lmc.family.family_of(a).widen_heads is not None
     counter = iter(range(10**9))
@@ -80,7 +80,7 @@ def measure(name: str, batch: int, repeats: int, steps: int) -> dict:
     def learner(circuits: bool, every: int):
         path = _Path(a, b, circuits=circuits)
         kinds = lmc.alignment.resolve_classes(path.spec, classes, ("permutation", "orthogonal"), caller="benchmark")
-        latents = _latents(path.spec, kinds, torch.device("cpu"))
+        latents = _latents(path.spec, kinds, device)
         optimizer = torch.optim.Adam([latent.tensor for latent in latents.values()], lr=1e-3)
 
         def learned() -> None:
@@ -111,10 +111,10 @@ def measure(name: str, batch: int, repeats: int, steps: int) -> dict:
 LEARNING_BATCH = {"vit-mnist": None, "gpt2-shakespeare-bpe": 10}
 
 
-def convergence(name: str, checkpoints: tuple[int, ...]) -> list[dict]:
+def convergence(name: str, checkpoints: tuple[int, ...], device: torch.device) -> list[dict]:
     """The barrier of a book-scale pair after weight matching and after each number of learned steps."""
-    pair = lmc.book.trained_pair(name, "book")
-    a, b = lmc.canonicalize(pair.a), lmc.canonicalize(pair.b)
+    pair = lmc.book.trained_pair(name, "book", device=device)
+    a, b = lmc.canonicalize(pair.a).to(device), lmc.canonicalize(pair.b).to(device)
     size = LEARNING_BATCH[name]
     batches = pair.train_batches if size is None else lmc.data.rebatched(pair.train_batches, size)
     weight = lmc.weight_matching(a, b, classes="paper")
@@ -125,9 +125,9 @@ def convergence(name: str, checkpoints: tuple[int, ...]) -> list[dict]:
 
     rows = [{"pair": name, "learned steps": 0, "learning (s)": 0.0, "test-loss barrier": barrier(weight)}]
     for steps in checkpoints:
-        start = time.perf_counter()
-        learned = lmc.learned_matching(a, b, batches, init=weight, classes="paper", steps=steps, lr=0.01)
-        rows.append({"pair": name, "learned steps": steps, "learning (s)": round(time.perf_counter() - start, 1),
+        learned, seconds = timed(lambda: lmc.learned_matching(a, b, batches, init=weight, classes="paper",  # noqa: B023
+                                                              steps=steps, lr=0.01))
+        rows.append({"pair": name, "learned steps": steps, "learning (s)": round(seconds, 1),
                      "test-loss barrier": barrier(learned)})
         print(rows[-1], flush=True)
     return rows
@@ -136,6 +136,7 @@ def convergence(name: str, checkpoints: tuple[int, ...]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--models", nargs="+",
@@ -145,19 +146,20 @@ def main() -> None:
                         help="learned steps after which chapter 9's pairs are measured (none: skip that table)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [measure(name, int(batch), args.repeats, args.steps)
+    device = torch.device(args.device)
+    rows = [measure(name, int(batch), args.repeats, args.steps, device)
             for name, batch in (entry.split(":") for entry in args.models)]
     title = f"one step, median (range) over {args.repeats} rounds of {args.steps} steps"
     print_table(title, rows)
     tables = {title: rows}
     if args.checkpoints:
         reached = "chapter 9's pairs (book scale, trained): the barrier after weight matching and learned steps"
-        tables[reached] = [row for name in LEARNING_BATCH for row in convergence(name, tuple(args.checkpoints))]
+        tables[reached] = [row for name in LEARNING_BATCH for row in convergence(name, tuple(args.checkpoints), device)]
         print_table(reached, tables[reached])
-    settings = {"threads": args.threads, "repeats": args.repeats, "steps": args.steps,
+    settings = {"threads": args.threads, "device": args.device, "repeats": args.repeats, "steps": args.steps,
                 "models": "MLP 784-512-512-10; ViT and GPT-2 of the book scale",
                 "weights": "random (step times); trained (barriers)"}
-    write("learned_speed-cpu", tables, settings)
+    write(f"learned_speed-{device.type}", tables, settings, device=device)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -21,17 +22,23 @@ from lmc_lib.book import results
 from lmc_lib.evaluation import logits_of
 
 FOLDER = Path(__file__).with_name("results")
+T = TypeVar("T")
+
+
+def timed(run: Callable[[], T]) -> tuple[T, float]:
+    """``run()`` and its wall time (GPU work included)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = run()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
 
 
 def seconds(run: Callable[[], object]) -> float:
     """Wall time of ``run()`` (GPU work included)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return timed(run)[1]
 
 
 def forward_pass(model: nn.Module, data: Iterable) -> float:
