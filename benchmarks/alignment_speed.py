@@ -144,16 +144,17 @@ def barrier_speed(scale: str, lambdas: int, batch_size: int, windows: int | None
     for strategy in ("vmap", "loop") * (2 if device.type == "cuda" else 1):  # on a GPU, a first round warms up
         curves[strategy], seconds[strategy] = timed(lambda: curve(strategy))  # noqa: B023
     fast, slow = seconds["vmap"], seconds["loop"]
+    auto = lmc.barrier_strategy(a, device, data[0][0])  # what strategy="auto" takes for these batches
     error = float(np.abs(curves["vmap"].losses - curves["loop"].losses).max())
     if error > 1e-5:
         raise AssertionError(f"vmap and loop barriers disagree by {error:.2e}")
     print(f"barrier of chapter 8's pair at {scale} scale ({config.n_layer} layers, width {config.n_embd}, context "
           f"{config.block_size}), K = {lambdas}, {len(test)} test windows ({test.targets.numel()} tokens), batches of "
           f"{batch_size}: vmap {fast:.2f} s, loop {slow:.2f} s, loop / vmap {slow / fast:.2f}; auto picks "
-          f"{lmc.barrier_strategy(a, device)}; max |loss difference| {error:.1e}")
+          f"{auto}; max |loss difference| {error:.1e}")
     return {"scale": scale, "model": f"{config.n_layer} layers, width {config.n_embd}, context {config.block_size}",
             "test windows": len(test), "K": lambdas, "loop / vmap": round(slow / fast, 2),
-            "auto": lmc.barrier_strategy(a, device), "vmap (s)": round(fast, 2), "loop (s)": round(slow, 2)}
+            "auto": auto, "vmap (s)": round(fast, 2), "loop (s)": round(slow, 2)}
 
 
 def main() -> None:
